@@ -1,0 +1,57 @@
+//! The etcd v3 gRPC services. Handlers are thin: check the request, call the
+//! Raft node, map the error, fill the header.
+
+mod cluster;
+mod kv;
+mod maintenance;
+mod validate;
+
+use std::sync::Arc;
+
+use ballast_proto::etcdserverpb::ResponseHeader;
+use ballast_proto::etcdserverpb::cluster_server::ClusterServer;
+use ballast_proto::etcdserverpb::kv_server::KvServer;
+use ballast_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use tonic::service::Routes;
+
+pub use validate::Limits;
+
+use crate::raft::RaftNode;
+
+/// gRPC itself refuses messages this much over `--max-request-bytes`, as etcd does.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Fills response headers the way etcd's `header.fill` does.
+#[derive(Clone)]
+struct Header {
+    node: Arc<RaftNode>,
+}
+
+impl Header {
+    fn fill(&self, header: &mut Option<ResponseHeader>) {
+        let header = header.get_or_insert_with(ResponseHeader::default);
+        header.cluster_id = self.node.cluster_id();
+        header.member_id = self.node.member_id();
+        header.raft_term = self.node.term();
+        if header.revision == 0 {
+            header.revision = self.node.revision();
+        }
+    }
+}
+
+/// Every client-facing service. Services Ballast does not serve yet (Watch,
+/// Lease, Auth) are absent, so their RPCs answer `Unimplemented`.
+pub fn routes(node: Arc<RaftNode>, limits: Limits) -> Routes {
+    let header = Header { node: node.clone() };
+    let max_message = limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    Routes::new(
+        KvServer::new(kv::KvService::new(node.clone(), header.clone(), limits))
+            .max_decoding_message_size(max_message),
+    )
+    .add_service(MaintenanceServer::new(
+        maintenance::MaintenanceService::new(node.clone(), header.clone()),
+    ))
+    .add_service(ClusterServer::new(cluster::ClusterService::new(
+        node, header,
+    )))
+}

@@ -1,0 +1,11 @@
+//! Ballast's server: a Raft-replicated key-value store that speaks the etcd
+//! v3 gRPC API. Layers call downward only:
+//! `api` -> `raft` -> `mvcc` -> `storage`.
+
+pub mod api;
+pub mod config;
+pub mod errors;
+pub mod mvcc;
+pub mod raft;
+pub mod server;
+pub mod storage;

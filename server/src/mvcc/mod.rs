@@ -1,0 +1,13 @@
+//! Multi-version concurrency control over the state database, with etcd's
+//! semantics: revisions, key generations, range/txn evaluation, compaction.
+//! No Raft and no I/O policy here: the Raft state machine drives [`Store`].
+
+mod index;
+mod key_index;
+mod range;
+mod store;
+mod txn;
+
+pub use store::{Applier, Store, WriteRequest, WriteResponse};
+
+pub use crate::storage::revision::Revision;

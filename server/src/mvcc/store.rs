@@ -1,0 +1,468 @@
+//! The MVCC store: the in-memory key index over the revision-ordered rows of
+//! the state database.
+//!
+//! Readers share a `RwLock` with the single applier: a read sees either all or
+//! none of an applied batch. The applier holds the write lock for one Raft
+//! batch and writes it to sled as one atomic batch on commit.
+
+use std::collections::HashMap;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use ballast_proto::etcdserverpb::request_op::Request;
+use ballast_proto::etcdserverpb::response_op::Response;
+use ballast_proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+};
+use ballast_proto::mvccpb::KeyValue;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::index::{KeyRange, TreeIndex};
+use super::range::{ReadView, range, range_keys};
+use super::txn::{branch, check_path, check_range, compare_path, is_read_only};
+use crate::errors::EtcdError;
+use crate::storage::db::{Row, StateBatch, StateDb};
+use crate::storage::revision::Revision;
+
+const META_REVISION: &str = "revision";
+const META_COMPACT_REVISION: &str = "compact_revision";
+
+/// A request that goes through Raft and changes the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum WriteRequest {
+    Put(PutRequest),
+    DeleteRange(DeleteRangeRequest),
+    Txn(TxnRequest),
+    Compact(CompactionRequest),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum WriteResponse {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compact(CompactionResponse),
+}
+
+struct State {
+    index: TreeIndex,
+    /// The revision of the last change; 1 for an empty store, as in etcd.
+    revision: i64,
+    /// -1 until the first compaction, as in etcd.
+    compact_revision: i64,
+}
+
+pub struct Store {
+    db: StateDb,
+    state: RwLock<State>,
+}
+
+fn header(revision: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision,
+        ..Default::default()
+    })
+}
+
+fn read_i64(db: &StateDb, name: &str) -> std::io::Result<Option<i64>> {
+    Ok(db
+        .meta(name)?
+        .and_then(|v| v.as_ref().try_into().ok().map(i64::from_be_bytes)))
+}
+
+impl Store {
+    /// Opens the store and rebuilds the key index from the stored rows.
+    pub fn open(db: StateDb) -> std::io::Result<Self> {
+        let state = load_state(&db)?;
+        Ok(Self {
+            db,
+            state: RwLock::new(state),
+        })
+    }
+
+    /// Every stored pair, consistent with one applied batch (for a snapshot).
+    pub fn export(&self) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let _consistent = self.read();
+        self.db.export()
+    }
+
+    /// Replaces the whole store with pairs from [`Store::export`].
+    pub fn replace(&self, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> std::io::Result<()> {
+        let mut state = self.state.write().expect("store lock poisoned");
+        self.db.import(pairs)?;
+        *state = load_state(&self.db)?;
+        Ok(())
+    }
+
+    pub fn db(&self) -> &StateDb {
+        &self.db
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.read().revision
+    }
+
+    pub fn compact_revision(&self) -> i64 {
+        self.read().compact_revision
+    }
+
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, EtcdError> {
+        let state = self.read();
+        range(
+            &StateView {
+                state: &state,
+                db: &self.db,
+                pending: None,
+                revision: state.revision,
+            },
+            req,
+        )
+    }
+
+    /// Serves a txn that writes nothing, at the current revision.
+    pub fn read_only_txn(&self, req: &TxnRequest) -> Result<TxnResponse, EtcdError> {
+        debug_assert!(is_read_only(req));
+        // An applier that is never committed: a read-only txn changes nothing.
+        let mut applier = self.applier();
+        applier.begin();
+        applier.txn(req)
+    }
+
+    pub fn is_read_only(req: &TxnRequest) -> bool {
+        is_read_only(req)
+    }
+
+    /// Starts applying a batch of write requests; readers wait until it ends.
+    pub fn applier(&self) -> Applier<'_> {
+        Applier {
+            db: &self.db,
+            state: self.state.write().expect("store lock poisoned"),
+            batch: StateBatch::default(),
+            pending: HashMap::new(),
+            begin_revision: 0,
+            changes: 0,
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().expect("store lock poisoned")
+    }
+}
+
+fn load_state(db: &StateDb) -> std::io::Result<State> {
+    let mut index = TreeIndex::default();
+    let mut revision = read_i64(db, META_REVISION)?.unwrap_or(1);
+    for row in db.all_rows() {
+        let row = row?;
+        if row.tombstone {
+            index.tombstone(&row.kv.key, row.rev);
+        } else {
+            index.restore_put(&row.kv.key, row.rev, row.kv.create_revision, row.kv.version);
+        }
+        revision = revision.max(row.rev.main);
+    }
+    Ok(State {
+        index,
+        revision,
+        compact_revision: read_i64(db, META_COMPACT_REVISION)?.unwrap_or(-1),
+    })
+}
+
+struct StateView<'a> {
+    state: &'a State,
+    db: &'a StateDb,
+    pending: Option<&'a HashMap<Revision, Row>>,
+    revision: i64,
+}
+
+impl ReadView for StateView<'_> {
+    fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    fn compact_revision(&self) -> i64 {
+        self.state.compact_revision
+    }
+
+    fn index(&self) -> &TreeIndex {
+        &self.state.index
+    }
+
+    fn load(&self, rev: Revision) -> KeyValue {
+        if let Some(row) = self.pending.and_then(|p| p.get(&rev)) {
+            return row.kv.clone();
+        }
+        // The index only points at stored rows; a missing or unreadable one
+        // means the database is damaged, and serving on would return wrong data.
+        self.db
+            .get_row(rev)
+            .expect("state db read failed")
+            .expect("indexed revision missing from the state db")
+            .kv
+    }
+}
+
+/// Applies write requests with etcd's semantics; see [`Store::applier`].
+/// Each request either fails with nothing changed or takes one revision.
+pub struct Applier<'a> {
+    db: &'a StateDb,
+    state: RwLockWriteGuard<'a, State>,
+    batch: StateBatch,
+    /// Rows written by this batch, readable before the batch is committed.
+    pending: HashMap<Revision, Row>,
+    begin_revision: i64,
+    changes: i64,
+}
+
+impl Applier<'_> {
+    pub fn execute(&mut self, req: &WriteRequest) -> Result<WriteResponse, EtcdError> {
+        self.begin();
+        let result = match req {
+            WriteRequest::Put(put) => self.put_request(put).map(WriteResponse::Put),
+            WriteRequest::DeleteRange(del) => {
+                Ok(WriteResponse::DeleteRange(self.delete_range(del)))
+            }
+            WriteRequest::Txn(txn) => self.txn(txn).map(WriteResponse::Txn),
+            WriteRequest::Compact(compact) => self.compact(compact).map(WriteResponse::Compact),
+        };
+        if self.changes > 0 {
+            self.state.revision += 1;
+        }
+        result
+    }
+
+    /// Stores metadata (applied log id, membership) in the same atomic batch.
+    pub fn put_meta(&mut self, name: &str, value: &[u8]) {
+        self.batch.put_meta(name, value);
+    }
+
+    /// Writes the batch to the state database as one atomic batch.
+    pub fn commit(mut self) -> std::io::Result<()> {
+        let revision = self.state.revision.to_be_bytes();
+        self.batch.put_meta(META_REVISION, &revision);
+        self.db.apply(std::mem::take(&mut self.batch))
+    }
+
+    fn begin(&mut self) {
+        self.begin_revision = self.state.revision;
+        self.changes = 0;
+    }
+
+    /// The revision reads inside the current request see: the new one once
+    /// the request has changed something.
+    fn view(&self) -> StateView<'_> {
+        StateView {
+            state: &self.state,
+            db: self.db,
+            pending: Some(&self.pending),
+            revision: self.begin_revision + i64::from(self.changes > 0),
+        }
+    }
+
+    fn current(&self, key: &[u8]) -> Option<KeyValue> {
+        let result = range_keys(&self.view(), KeyRange::new(key, &[]), 0, 0, false)
+            .expect("reading the current revision cannot fail");
+        result.kvs.into_iter().next()
+    }
+
+    fn put_request(&mut self, put: &PutRequest) -> Result<PutResponse, EtcdError> {
+        // A top-level Put checks its lease before the key, a Put inside a txn after.
+        check_lease(put)?;
+        check_put(&self.view(), put)?;
+        Ok(self.put(put))
+    }
+
+    fn put(&mut self, put: &PutRequest) -> PutResponse {
+        let needs_current = put.ignore_value || put.ignore_lease || put.prev_kv;
+        let current = if needs_current {
+            self.current(&put.key)
+        } else {
+            None
+        };
+        let (value, lease) = match &current {
+            Some(kv) if put.ignore_value || put.ignore_lease => (
+                if put.ignore_value {
+                    kv.value.clone()
+                } else {
+                    put.value.clone()
+                },
+                if put.ignore_lease {
+                    kv.lease
+                } else {
+                    put.lease
+                },
+            ),
+            _ => (put.value.clone(), put.lease),
+        };
+        let rev = self.next_revision();
+        let (create_revision, version) = match self.state.index.get(&put.key, rev.main) {
+            Some(at) => (at.created.main, at.version + 1),
+            None => (rev.main, 1),
+        };
+        let kv = KeyValue {
+            key: put.key.clone(),
+            create_revision,
+            mod_revision: rev.main,
+            version,
+            value,
+            lease,
+        };
+        self.state.index.put(&put.key, rev);
+        self.write_row(Row {
+            rev,
+            tombstone: false,
+            kv,
+        });
+        PutResponse {
+            header: header(rev.main),
+            prev_kv: if put.prev_kv { current } else { None },
+        }
+    }
+
+    fn delete_range(&mut self, del: &DeleteRangeRequest) -> DeleteRangeResponse {
+        let range = KeyRange::new(&del.key, &del.range_end);
+        let prev_kvs = if del.prev_kv {
+            range_keys(&self.view(), range, 0, 0, false)
+                .expect("reading the current revision cannot fail")
+                .kvs
+        } else {
+            Vec::new()
+        };
+        let keys: Vec<Bytes> = self
+            .state
+            .index
+            .range(range, self.view().revision())
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        for key in &keys {
+            let rev = self.next_revision();
+            self.state.index.tombstone(key, rev);
+            let kv = KeyValue {
+                key: key.clone(),
+                mod_revision: rev.main,
+                ..Default::default()
+            };
+            self.write_row(Row {
+                rev,
+                tombstone: true,
+                kv,
+            });
+        }
+        DeleteRangeResponse {
+            header: header(self.begin_revision + i64::from(self.changes > 0)),
+            deleted: keys.len() as i64,
+            prev_kvs,
+        }
+    }
+
+    fn txn(&mut self, txn: &TxnRequest) -> Result<TxnResponse, EtcdError> {
+        let view = self.view();
+        let path = compare_path(&view, txn);
+        if !is_read_only(txn) {
+            check_path(txn, &path, &mut 0, &mut |op| match &op.request {
+                Some(Request::RequestPut(put)) => check_put(&view, put),
+                _ => Ok(()),
+            })?;
+        }
+        check_path(txn, &path, &mut 0, &mut |op| check_range(&view, op))?;
+        let mut response = self.apply_txn(txn, &path, &mut 0);
+        response.header = header(self.begin_revision + i64::from(self.changes > 0));
+        Ok(response)
+    }
+
+    fn apply_txn(&mut self, txn: &TxnRequest, path: &[bool], pos: &mut usize) -> TxnResponse {
+        let succeeded = path[*pos];
+        *pos += 1;
+        let mut responses = Vec::new();
+        for op in branch(txn, succeeded) {
+            let response = match &op.request {
+                Some(Request::RequestRange(req)) => Response::ResponseRange(
+                    range(&self.view(), req).expect("txn ranges are checked before apply"),
+                ),
+                Some(Request::RequestPut(req)) => Response::ResponsePut(self.put(req)),
+                Some(Request::RequestDeleteRange(req)) => {
+                    Response::ResponseDeleteRange(self.delete_range(req))
+                }
+                Some(Request::RequestTxn(req)) => {
+                    Response::ResponseTxn(self.apply_txn(req, path, pos))
+                }
+                None => continue,
+            };
+            responses.push(ResponseOp {
+                response: Some(response),
+            });
+        }
+        // etcd gives nested txn responses an empty header; the outer one is filled in by the caller.
+        TxnResponse {
+            header: Some(ResponseHeader::default()),
+            succeeded,
+            responses,
+        }
+    }
+
+    fn compact(&mut self, req: &CompactionRequest) -> Result<CompactionResponse, EtcdError> {
+        let at = req.revision;
+        if at <= self.state.compact_revision {
+            return Err(EtcdError::Compacted);
+        }
+        if at > self.state.revision {
+            return Err(EtcdError::FutureRevision);
+        }
+        let keep: std::collections::HashSet<Revision> =
+            self.state.index.compact(at).into_iter().collect();
+        let end = Revision::new(at + 1, 0);
+        let stale_stored = self
+            .db
+            .rows(Revision::default(), end)
+            .map(|row| row.expect("state db read failed").rev);
+        let stale_pending = self.pending.keys().copied().filter(|rev| *rev < end);
+        let stale: Vec<Revision> = stale_stored
+            .chain(stale_pending)
+            .filter(|rev| !keep.contains(rev))
+            .collect();
+        for rev in stale {
+            self.pending.remove(&rev);
+            self.batch.remove_row(rev);
+        }
+        self.state.compact_revision = at;
+        self.batch
+            .put_meta(META_COMPACT_REVISION, &at.to_be_bytes());
+        Ok(CompactionResponse {
+            header: header(self.state.revision),
+        })
+    }
+
+    fn next_revision(&mut self) -> Revision {
+        let rev = Revision::new(self.begin_revision + 1, self.changes);
+        self.changes += 1;
+        rev
+    }
+
+    fn write_row(&mut self, row: Row) {
+        self.batch.put_row(&row);
+        self.pending.insert(row.rev, row);
+    }
+}
+
+/// etcd's checks of a Put against the state before it: ignore_value and
+/// ignore_lease need an existing key, and a lease must exist.
+fn check_put(view: &impl ReadView, put: &PutRequest) -> Result<(), EtcdError> {
+    if put.ignore_value || put.ignore_lease {
+        let existing = range_keys(view, KeyRange::new(&put.key, &[]), 0, 0, true)?;
+        if existing.count == 0 {
+            return Err(EtcdError::KeyNotFound);
+        }
+    }
+    check_lease(put)
+}
+
+fn check_lease(put: &PutRequest) -> Result<(), EtcdError> {
+    // No lease exists until the lease service lands (issue 5), so every
+    // attachment fails as etcd fails it for an unknown lease.
+    if put.lease != 0 {
+        return Err(EtcdError::LeaseNotFound);
+    }
+    Ok(())
+}

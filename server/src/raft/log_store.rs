@@ -1,0 +1,223 @@
+//! openraft's log storage on our write-ahead log.
+//!
+//! Entries are postcard-encoded in WAL records. The vote and the last purged
+//! log id live in a small state file replaced atomically. The handle is
+//! cheap to clone; clones share the log (openraft reads through clones).
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError, Vote};
+use serde::{Deserialize, Serialize};
+
+use super::types::{Entry, LogId, StorageError, TypeConfig};
+use crate::storage::wal::{StateFile, Syncer, Wal};
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct LogMeta {
+    vote: Option<Vote<u64>>,
+    last_purged: Option<LogId>,
+}
+
+struct Inner {
+    wal: Wal,
+    state_file: StateFile,
+    meta: LogMeta,
+    last_log_id: Option<LogId>,
+}
+
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Mutex<Inner>>,
+    syncer: Syncer,
+}
+
+fn io_error(
+    subject: ErrorSubject<u64>,
+    verb: ErrorVerb,
+    e: impl std::fmt::Display,
+) -> StorageError {
+    StorageIOError::new(subject, verb, openraft::AnyError::error(e)).into()
+}
+
+fn decode(bytes: &[u8]) -> Result<Entry, StorageError> {
+    postcard::from_bytes(bytes).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))
+}
+
+impl LogStore {
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        let mut wal = Wal::open(dir)?;
+        let state_file = StateFile::new(dir.join("raft.state"));
+        let meta: LogMeta = match state_file.load()? {
+            Some(bytes) => postcard::from_bytes(&bytes).map_err(std::io::Error::other)?,
+            None => LogMeta::default(),
+        };
+        if let Some(purged) = meta.last_purged {
+            wal.purge(purged.index)?;
+        }
+        let last_log_id = match wal.is_empty() {
+            true => meta.last_purged,
+            false => {
+                let bytes = wal.read(wal.next_index() - 1)?.expect("last record exists");
+                let entry: Entry = postcard::from_bytes(&bytes).map_err(std::io::Error::other)?;
+                Some(entry.log_id)
+            }
+        };
+        Ok(Self {
+            inner: Arc::new(Mutex::new(Inner {
+                wal,
+                state_file,
+                meta,
+                last_log_id,
+            })),
+            syncer: Syncer::start()?,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().expect("log store lock poisoned")
+    }
+}
+
+impl Inner {
+    fn store_meta(&self) -> Result<(), StorageError> {
+        let bytes = postcard::to_stdvec(&self.meta)
+            .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        self.state_file
+            .store(&bytes)
+            .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let inner = self.lock();
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i + 1,
+            Bound::Unbounded => 0,
+        }
+        .max(inner.wal.first_index());
+        let end = match range.end_bound() {
+            Bound::Included(i) => i + 1,
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
+        }
+        .min(inner.wal.next_index());
+        let mut entries = Vec::with_capacity(end.saturating_sub(start) as usize);
+        for index in start..end {
+            let bytes = inner
+                .wal
+                .read(index)
+                .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+            match bytes {
+                Some(bytes) => entries.push(decode(&bytes)?),
+                None => break,
+            }
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let inner = self.lock();
+        Ok(LogState {
+            last_purged_log_id: inner.meta.last_purged,
+            last_log_id: inner.last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        inner.meta.vote = Some(*vote);
+        inner.store_meta()
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
+        Ok(self.lock().meta.vote)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut file = None;
+        {
+            let mut inner = self.lock();
+            for entry in entries {
+                let bytes = postcard::to_stdvec(&entry)
+                    .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+                let written = inner
+                    .wal
+                    .append(entry.log_id.index, &bytes)
+                    .map_err(|e| io_error(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, e))?;
+                inner.last_log_id = Some(entry.log_id);
+                file = Some(written);
+            }
+        }
+        match file {
+            Some(file) => self.syncer.sync(
+                file,
+                Box::new(move |result| callback.log_io_completed(result)),
+            ),
+            None => callback.log_io_completed(Ok(())),
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        inner
+            .wal
+            .truncate(log_id.index)
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        inner.last_log_id = match inner.wal.is_empty() {
+            true => inner.meta.last_purged,
+            false => {
+                let last = inner.wal.next_index() - 1;
+                let bytes = inner
+                    .wal
+                    .read(last)
+                    .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?
+                    .expect("last record exists");
+                Some(decode(&bytes)?.log_id)
+            }
+        };
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        // Durable first: after a crash, records at or below it are skipped.
+        inner.meta.last_purged = Some(log_id);
+        inner.store_meta()?;
+        if inner
+            .last_log_id
+            .is_none_or(|last| last.index < log_id.index)
+        {
+            inner.last_log_id = Some(log_id);
+        }
+        inner
+            .wal
+            .purge(log_id.index)
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+}

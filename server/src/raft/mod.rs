@@ -1,0 +1,255 @@
+//! Consensus: openraft wrapped so that the rest of the server sees a
+//! [`RaftNode`] that writes through Raft and reads linearizably.
+//! A later openraft upgrade touches this module only.
+
+mod bootstrap;
+mod log_store;
+mod network;
+mod proposer;
+mod read_barrier;
+mod state_machine;
+mod types;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ballast_proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::{RaftMetrics, SnapshotPolicy};
+
+pub use bootstrap::Identity;
+pub use log_store::LogStore;
+pub use state_machine::StateMachine;
+pub use types::{Member, Raft, TypeConfig};
+
+use crate::config::{Config, url_list};
+use crate::errors::EtcdError;
+use crate::mvcc::{Store, WriteRequest, WriteResponse};
+use crate::storage::db::{StateBatch, StateDb};
+use proposer::Proposer;
+use read_barrier::ReadBarrier;
+
+const META_IDENTITY: &str = "identity";
+
+/// Status figures for Maintenance.Status.
+#[derive(Debug, Clone, Copy)]
+pub struct RaftStatus {
+    pub leader: u64,
+    pub term: u64,
+    pub last_index: u64,
+    pub applied_index: u64,
+}
+
+/// One member: its Raft instance, the store it applies to, and the tasks that
+/// batch writes and reads. Dropping it stops those tasks; call
+/// [`RaftNode::shutdown`] to stop Raft itself.
+pub struct RaftNode {
+    raft: Raft,
+    store: Arc<Store>,
+    proposer: Proposer,
+    reads: ReadBarrier,
+    identity: Identity,
+}
+
+fn write_error(e: &RaftError<u64, ClientWriteError<u64, Member>>) -> EtcdError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => EtcdError::NoLeader,
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(_)) => EtcdError::Timeout,
+        RaftError::Fatal(_) => EtcdError::Stopped,
+    }
+}
+
+fn read_error(e: &RaftError<u64, CheckIsLeaderError<u64, Member>>) -> EtcdError {
+    match e {
+        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)) => EtcdError::NoLeader,
+        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)) => EtcdError::Timeout,
+        RaftError::Fatal(_) => EtcdError::Stopped,
+    }
+}
+
+impl RaftNode {
+    /// Opens (or bootstraps) the member in `--data-dir` and waits until it
+    /// can serve: it leads and has applied everything in its log.
+    pub async fn start(config: &Config) -> anyhow::Result<Self> {
+        let member_dir = config.data_dir().join("member");
+        std::fs::create_dir_all(&member_dir)?;
+        let db_dir = member_dir.join("db");
+        let store = Arc::new(
+            tokio::task::spawn_blocking(move || Store::open(StateDb::open(&db_dir)?)).await??,
+        );
+        let identity = match store.db().meta(META_IDENTITY)? {
+            Some(bytes) => postcard::from_bytes(&bytes)?,
+            None => {
+                let identity = bootstrap::identity(
+                    &config.name,
+                    &config.initial_cluster(),
+                    &config.initial_cluster_token,
+                    &url_list(&config.advertise_client_urls),
+                )?;
+                let mut batch = StateBatch::default();
+                batch.put_meta(META_IDENTITY, &postcard::to_stdvec(&identity)?);
+                store.db().apply(batch)?;
+                store.db().flush_durable()?;
+                identity
+            }
+        };
+
+        let raft_config = openraft::Config {
+            cluster_name: config.initial_cluster_token.clone(),
+            heartbeat_interval: config.heartbeat_interval,
+            election_timeout_min: config.election_timeout,
+            election_timeout_max: config.election_timeout * 2,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
+            purge_batch_size: 1024,
+            ..Default::default()
+        }
+        .validate()?;
+        let log_store = LogStore::open(&member_dir.join("wal"))?;
+        let state_machine = StateMachine::open(store.clone(), member_dir.join("snap"))?;
+        let raft = Raft::new(
+            identity.member_id,
+            Arc::new(raft_config),
+            network::NoPeers,
+            log_store,
+            state_machine,
+        )
+        .await?;
+        match raft.initialize(identity.initial_members.clone()).await {
+            Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let node = Self {
+            proposer: Proposer::start(raft.clone()),
+            reads: ReadBarrier::start(raft.clone()),
+            raft,
+            store,
+            identity,
+        };
+        node.wait_until_serving().await?;
+        Ok(node)
+    }
+
+    async fn wait_until_serving(&self) -> anyhow::Result<()> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if metrics.borrow().current_leader.is_some() && self.reads.wait().await.is_ok() {
+                return Ok(());
+            }
+            metrics.changed().await?;
+        }
+    }
+
+    pub fn member_id(&self) -> u64 {
+        self.identity.member_id
+    }
+
+    pub fn cluster_id(&self) -> u64 {
+        self.identity.cluster_id
+    }
+
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.store.revision()
+    }
+
+    pub fn db_size(&self) -> u64 {
+        self.store.db().size_on_disk()
+    }
+
+    pub fn status(&self) -> RaftStatus {
+        let metrics = self.raft.metrics();
+        let m: &RaftMetrics<u64, Member> = &metrics.borrow();
+        RaftStatus {
+            leader: m.current_leader.unwrap_or(0),
+            term: m.current_term,
+            last_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map_or(0, |id| id.index),
+        }
+    }
+
+    /// Every member with its id, as the replicated membership has it.
+    pub fn members(&self) -> Vec<(u64, Member)> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config
+            .nodes()
+            .map(|(id, member)| (*id, member.clone()))
+            .collect()
+    }
+
+    pub async fn put(&self, request: PutRequest) -> Result<PutResponse, EtcdError> {
+        match self.proposer.propose(WriteRequest::Put(request)).await? {
+            WriteResponse::Put(response) => Ok(response),
+            other => unreachable!("put answered with {other:?}"),
+        }
+    }
+
+    pub async fn delete_range(
+        &self,
+        request: DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, EtcdError> {
+        match self
+            .proposer
+            .propose(WriteRequest::DeleteRange(request))
+            .await?
+        {
+            WriteResponse::DeleteRange(response) => Ok(response),
+            other => unreachable!("delete answered with {other:?}"),
+        }
+    }
+
+    /// A txn that may write goes through Raft; one that cannot is read locally.
+    pub async fn txn(&self, request: TxnRequest) -> Result<TxnResponse, EtcdError> {
+        if Store::is_read_only(&request) {
+            return self.read_only_txn(request).await;
+        }
+        match self.proposer.propose(WriteRequest::Txn(request)).await? {
+            WriteResponse::Txn(response) => Ok(response),
+            other => unreachable!("txn answered with {other:?}"),
+        }
+    }
+
+    pub async fn compact(
+        &self,
+        request: CompactionRequest,
+    ) -> Result<CompactionResponse, EtcdError> {
+        match self
+            .proposer
+            .propose(WriteRequest::Compact(request))
+            .await?
+        {
+            WriteResponse::Compact(response) => Ok(response),
+            other => unreachable!("compact answered with {other:?}"),
+        }
+    }
+
+    pub async fn range(&self, request: RangeRequest) -> Result<RangeResponse, EtcdError> {
+        if !request.serializable {
+            self.reads.wait().await?;
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.range(&request))
+            .await
+            .map_err(|_| EtcdError::Stopped)?
+    }
+
+    async fn read_only_txn(&self, request: TxnRequest) -> Result<TxnResponse, EtcdError> {
+        self.reads.wait().await?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.read_only_txn(&request))
+            .await
+            .map_err(|_| EtcdError::Stopped)?
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = tokio::time::timeout(Duration::from_secs(5), self.raft.shutdown()).await {
+            tracing::warn!(error = %e, "raft did not stop in time");
+        }
+    }
+}

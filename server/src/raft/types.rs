@@ -1,0 +1,43 @@
+//! openraft's type configuration and the commands Ballast replicates.
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use crate::errors::EtcdError;
+use crate::mvcc::{WriteRequest, WriteResponse};
+
+/// What openraft knows of a member: etcd's member attributes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+}
+
+/// One Raft entry: the write requests the proposer packed together.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Command {
+    pub requests: Vec<WriteRequest>,
+}
+
+/// One result per request of a [`Command`], in order.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CommandResponse {
+    pub results: Vec<Result<WriteResponse, EtcdError>>,
+}
+
+openraft::declare_raft_types!(
+    pub TypeConfig:
+        D = Command,
+        R = CommandResponse,
+        NodeId = u64,
+        Node = Member,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type LogId = openraft::LogId<u64>;
+pub type StorageError = openraft::StorageError<u64>;
+pub type StoredMembership = openraft::StoredMembership<u64, Member>;

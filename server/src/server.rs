@@ -1,0 +1,51 @@
+//! Starts a member: the Raft node, then the client listeners; stops on
+//! SIGINT or SIGTERM.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::{self, Limits};
+use crate::config::{Config, host_port, url_list};
+use crate::raft::RaftNode;
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let node = Arc::new(RaftNode::start(&config).await?);
+    let limits = Limits {
+        max_txn_ops: config.max_txn_ops as usize,
+        max_request_bytes: config.max_request_bytes as usize,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut servers = Vec::new();
+    for url in url_list(&config.listen_client_urls) {
+        let listener = TcpListener::bind(host_port(&url)?).await?;
+        tracing::info!(%url, member_id = %format!("{:x}", node.member_id()), "serving client requests");
+        let routes = api::routes(node.clone(), limits);
+        let mut stop = stop_rx.clone();
+        servers.push(tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    let _ = stop.wait_for(|stopped| *stopped).await;
+                }),
+        ));
+    }
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    for server in servers {
+        server.await??;
+    }
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,176 @@
+//! The state machine's sled database (`member/db`) and its encodings.
+//!
+//! One tree with one-byte prefixes, so that an applied Raft batch (MVCC rows,
+//! applied log id, membership) is a single atomic `sled::Batch`:
+//! `k` + revision -> kind byte + `mvccpb.KeyValue`; `m` + name -> metadata.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use ballast_proto::mvccpb::KeyValue;
+use prost::Message;
+
+use super::revision::{REVISION_BYTES, Revision};
+
+const KV_PREFIX: u8 = b'k';
+const META_PREFIX: u8 = b'm';
+const PUT: u8 = 0;
+const TOMBSTONE: u8 = 1;
+
+/// One stored MVCC row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub rev: Revision,
+    pub tombstone: bool,
+    pub kv: KeyValue,
+}
+
+pub struct StateDb {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+fn kv_key(rev: Revision) -> [u8; 1 + REVISION_BYTES] {
+    let mut key = [KV_PREFIX; 1 + REVISION_BYTES];
+    key[1..].copy_from_slice(&rev.to_bytes());
+    key
+}
+
+fn meta_key(name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + name.len());
+    key.push(META_PREFIX);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+fn decode_row(key: &[u8], value: &[u8]) -> std::io::Result<Row> {
+    let invalid =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let rev = Revision::from_bytes(&key[1..]).ok_or_else(|| invalid("bad revision key"))?;
+    let (&kind, body) = value.split_first().ok_or_else(|| invalid("empty row"))?;
+    let kv = KeyValue::decode(body).map_err(|e| invalid(&e.to_string()))?;
+    Ok(Row {
+        rev,
+        tombstone: kind == TOMBSTONE,
+        kv,
+    })
+}
+
+impl StateDb {
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        let db = sled::Config::new()
+            .path(dir)
+            // Durability comes from the Raft log; our own flushes mark the
+            // points where sled must be on disk (before a log purge).
+            .flush_every_ms(Some(1000))
+            .open()
+            .map_err(std::io::Error::other)?;
+        Ok(Self {
+            db,
+            path: dir.to_path_buf(),
+        })
+    }
+
+    pub fn get_row(&self, rev: Revision) -> std::io::Result<Option<Row>> {
+        let key = kv_key(rev);
+        match self.db.get(key).map_err(std::io::Error::other)? {
+            Some(value) => decode_row(&key, &value).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Rows in revision order from `from` (inclusive) to `to` (exclusive).
+    pub fn rows(
+        &self,
+        from: Revision,
+        to: Revision,
+    ) -> impl Iterator<Item = std::io::Result<Row>> + '_ {
+        self.db.range(kv_key(from)..kv_key(to)).map(|item| {
+            let (key, value) = item.map_err(std::io::Error::other)?;
+            decode_row(&key, &value)
+        })
+    }
+
+    pub fn all_rows(&self) -> impl Iterator<Item = std::io::Result<Row>> + '_ {
+        self.db.scan_prefix([KV_PREFIX]).map(|item| {
+            let (key, value) = item.map_err(std::io::Error::other)?;
+            decode_row(&key, &value)
+        })
+    }
+
+    pub fn meta(&self, name: &str) -> std::io::Result<Option<sled::IVec>> {
+        self.db.get(meta_key(name)).map_err(std::io::Error::other)
+    }
+
+    pub fn apply(&self, batch: StateBatch) -> std::io::Result<()> {
+        self.db
+            .apply_batch(batch.batch)
+            .map_err(std::io::Error::other)
+    }
+
+    /// Makes everything applied so far survive power loss: sled's own flush
+    /// uses sync_file_range, so the data file is fdatasynced as well.
+    pub fn flush_durable(&self) -> std::io::Result<()> {
+        self.db.flush().map_err(std::io::Error::other)?;
+        File::open(self.path.join("db"))?.sync_data()
+    }
+
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Every stored (key, value) pair, for a full snapshot.
+    pub fn export(&self) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.db
+            .iter()
+            .map(|item| {
+                let (k, v) = item.map_err(std::io::Error::other)?;
+                Ok((k.to_vec(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Replaces the whole database with `pairs` from [`StateDb::export`].
+    pub fn import(&self, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> std::io::Result<()> {
+        let mut batch = sled::Batch::default();
+        for item in self.db.iter().keys() {
+            batch.remove(item.map_err(std::io::Error::other)?);
+        }
+        for (k, v) in pairs {
+            batch.insert(k, v);
+        }
+        self.db.apply_batch(batch).map_err(std::io::Error::other)
+    }
+}
+
+/// The value of metadata `name` in pairs from [`StateDb::export`].
+pub fn meta_in_export<'a>(pairs: &'a [(Vec<u8>, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+    let key = meta_key(name);
+    pairs
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.as_slice())
+}
+
+/// Writes that become visible together in [`StateDb::apply`].
+#[derive(Default)]
+pub struct StateBatch {
+    batch: sled::Batch,
+}
+
+impl StateBatch {
+    pub fn put_row(&mut self, row: &Row) {
+        let mut value = Vec::with_capacity(1 + row.kv.encoded_len());
+        value.push(if row.tombstone { TOMBSTONE } else { PUT });
+        row.kv.encode(&mut value).expect("vec has capacity");
+        self.batch.insert(&kv_key(row.rev)[..], value);
+    }
+
+    pub fn remove_row(&mut self, rev: Revision) {
+        self.batch.remove(&kv_key(rev)[..]);
+    }
+
+    pub fn put_meta(&mut self, name: &str, value: &[u8]) {
+        self.batch.insert(meta_key(name), value);
+    }
+}
