@@ -466,3 +466,149 @@ fn check_lease(put: &PutRequest) -> Result<(), EtcdError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use ballast_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+    use ballast_proto::etcdserverpb::{Compare, RequestOp};
+
+    use super::*;
+
+    fn open(dir: &std::path::Path) -> Store {
+        Store::open(StateDb::open(dir).unwrap()).unwrap()
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn put(key: &str, value: &str) -> WriteRequest {
+        WriteRequest::Put(PutRequest {
+            key: b(key),
+            value: b(value),
+            ..Default::default()
+        })
+    }
+
+    fn apply(store: &Store, requests: &[WriteRequest]) -> Vec<Result<WriteResponse, EtcdError>> {
+        let mut applier = store.applier();
+        let results = requests.iter().map(|r| applier.execute(r)).collect();
+        applier.commit().unwrap();
+        results
+    }
+
+    fn get(store: &Store, key: &str, revision: i64) -> Result<RangeResponse, EtcdError> {
+        store.range(&RangeRequest {
+            key: b(key),
+            revision,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn revisions_versions_and_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        assert_eq!(store.revision(), 1);
+        apply(&store, &[put("a", "1"), put("a", "2"), put("b", "1")]);
+        assert_eq!(store.revision(), 4);
+        let kv = &get(&store, "a", 0).unwrap().kvs[0];
+        assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
+
+        let delete_nothing = WriteRequest::DeleteRange(DeleteRangeRequest {
+            key: b("zzz"),
+            ..Default::default()
+        });
+        let result = apply(&store, &[delete_nothing]);
+        assert!(matches!(&result[0], Ok(WriteResponse::DeleteRange(r)) if r.deleted == 0));
+        assert_eq!(store.revision(), 4, "a delete of nothing takes no revision");
+
+        let delete_a = WriteRequest::DeleteRange(DeleteRangeRequest {
+            key: b("a"),
+            ..Default::default()
+        });
+        apply(&store, &[delete_a, put("a", "3")]);
+        let kv = &get(&store, "a", 0).unwrap().kvs[0];
+        assert_eq!(
+            (kv.create_revision, kv.version),
+            (6, 1),
+            "re-creation starts a new generation"
+        );
+        assert_eq!(get(&store, "a", 5).unwrap().kvs.len(), 0);
+        assert_eq!(get(&store, "a", 3).unwrap().kvs[0].value, b("2"));
+        assert_eq!(get(&store, "a", 7), Err(EtcdError::FutureRevision));
+    }
+
+    #[test]
+    fn txn_is_one_revision_and_sub_responses_carry_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        apply(&store, &[put("k", "v")]);
+        let op = |request| RequestOp {
+            request: Some(request),
+        };
+        let txn = TxnRequest {
+            compare: vec![Compare {
+                key: b("k"),
+                target: CompareTarget::Value as i32,
+                result: CompareResult::Equal as i32,
+                target_union: Some(TargetUnion::Value(b("v"))),
+                ..Default::default()
+            }],
+            success: vec![
+                op(Request::RequestPut(PutRequest {
+                    key: b("x"),
+                    value: b("1"),
+                    ..Default::default()
+                })),
+                op(Request::RequestRange(RangeRequest {
+                    key: b("x"),
+                    ..Default::default()
+                })),
+            ],
+            failure: vec![],
+        };
+        let result = apply(&store, &[WriteRequest::Txn(txn)]);
+        let Ok(WriteResponse::Txn(response)) = &result[0] else {
+            panic!("txn failed: {result:?}");
+        };
+        assert!(response.succeeded);
+        assert_eq!(response.header.as_ref().unwrap().revision, 3);
+        let Some(Response::ResponsePut(put)) = &response.responses[0].response else {
+            panic!()
+        };
+        assert_eq!(put.header.as_ref().unwrap().revision, 3);
+        let Some(Response::ResponseRange(range)) = &response.responses[1].response else {
+            panic!()
+        };
+        assert_eq!(range.kvs[0].value, b("1"), "a txn reads its own writes");
+        assert_eq!(store.revision(), 3);
+    }
+
+    #[test]
+    fn compaction_survives_restart_with_versions_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path());
+            apply(
+                &store,
+                &[put("a", "1"), put("a", "2"), put("a", "3"), put("b", "1")],
+            );
+            let compact = WriteRequest::Compact(CompactionRequest {
+                revision: 4,
+                physical: true,
+            });
+            assert!(apply(&store, std::slice::from_ref(&compact))[0].is_ok());
+            assert_eq!(apply(&store, &[compact])[0], Err(EtcdError::Compacted));
+            assert_eq!(get(&store, "a", 3), Err(EtcdError::Compacted));
+            assert_eq!(get(&store, "a", 4).unwrap().kvs[0].version, 3);
+            store.db().flush_durable().unwrap();
+        }
+        let store = open(dir.path());
+        assert_eq!(store.revision(), 5);
+        assert_eq!(store.compact_revision(), 4);
+        apply(&store, &[put("a", "4")]);
+        let kv = &get(&store, "a", 0).unwrap().kvs[0];
+        assert_eq!((kv.create_revision, kv.version), (2, 4));
+    }
+}
