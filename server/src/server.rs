@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::api::{self, Limits};
 use crate::config::{Config, host_port, url_list};
@@ -22,11 +22,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let listener = TcpListener::bind(host_port(&url)?).await?;
         tracing::info!(%url, member_id = %format!("{:x}", node.member_id()), "serving client requests");
         let routes = api::routes(node.clone(), limits);
+        // Small responses must not wait for Nagle's algorithm.
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let mut stop = stop_rx.clone();
         servers.push(tokio::spawn(
             tonic::transport::Server::builder()
                 .add_routes(routes)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.wait_for(|stopped| *stopped).await;
                 }),
         ));

@@ -43,7 +43,7 @@ impl Cluster for ClusterService {
             members,
             ..Default::default()
         };
-        self.header.fill(&mut response.header);
+        self.header.fill_without_revision(&mut response.header);
         Ok(Response::new(response))
     }
 }

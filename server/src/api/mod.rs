@@ -29,13 +29,22 @@ struct Header {
 
 impl Header {
     fn fill(&self, header: &mut Option<ResponseHeader>) {
+        let header = self.fill_without_revision(header);
+        if header.revision == 0 {
+            header.revision = self.node.revision();
+        }
+    }
+
+    /// Cluster RPCs answer without a revision in etcd.
+    fn fill_without_revision<'h>(
+        &self,
+        header: &'h mut Option<ResponseHeader>,
+    ) -> &'h mut ResponseHeader {
         let header = header.get_or_insert_with(ResponseHeader::default);
         header.cluster_id = self.node.cluster_id();
         header.member_id = self.node.member_id();
         header.raft_term = self.node.term();
-        if header.revision == 0 {
-            header.revision = self.node.revision();
-        }
+        header
     }
 }
 

@@ -10,11 +10,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError, Vote};
+use openraft::{ErrorSubject, ErrorVerb, RaftLogReader, Vote};
 use serde::{Deserialize, Serialize};
 
-use super::types::{Entry, LogId, StorageError, TypeConfig};
-use crate::storage::wal::{StateFile, Syncer, Wal};
+use super::types::{Entry, LogId, StorageError, TypeConfig, io_error};
+use crate::storage::wal::{HintFile, StateFile, Syncer, Wal};
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct LogMeta {
@@ -25,6 +25,7 @@ struct LogMeta {
 struct Inner {
     wal: Wal,
     state_file: StateFile,
+    committed_file: HintFile,
     meta: LogMeta,
     last_log_id: Option<LogId>,
 }
@@ -35,22 +36,19 @@ pub struct LogStore {
     syncer: Syncer,
 }
 
-fn io_error(
-    subject: ErrorSubject<u64>,
-    verb: ErrorVerb,
-    e: impl std::fmt::Display,
-) -> StorageError {
-    StorageIOError::new(subject, verb, openraft::AnyError::error(e)).into()
+fn decode(bytes: &[u8]) -> std::io::Result<Entry> {
+    postcard::from_bytes(bytes).map_err(std::io::Error::other)
 }
 
-fn decode(bytes: &[u8]) -> Result<Entry, StorageError> {
-    postcard::from_bytes(bytes).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))
+fn log_read_error(e: std::io::Error) -> StorageError {
+    io_error(ErrorSubject::Logs, ErrorVerb::Read, e)
 }
 
 impl LogStore {
     pub fn open(dir: &Path) -> std::io::Result<Self> {
         let mut wal = Wal::open(dir)?;
         let state_file = StateFile::new(dir.join("raft.state"));
+        let committed_file = HintFile::open(&dir.join("committed.hint"))?;
         let meta: LogMeta = match state_file.load()? {
             Some(bytes) => postcard::from_bytes(&bytes).map_err(std::io::Error::other)?,
             None => LogMeta::default(),
@@ -70,6 +68,7 @@ impl LogStore {
             inner: Arc::new(Mutex::new(Inner {
                 wal,
                 state_file,
+                committed_file,
                 meta,
                 last_log_id,
             })),
@@ -83,12 +82,9 @@ impl LogStore {
 }
 
 impl Inner {
-    fn store_meta(&self) -> Result<(), StorageError> {
-        let bytes = postcard::to_stdvec(&self.meta)
-            .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
-        self.state_file
-            .store(&bytes)
-            .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))
+    fn store_meta(&self) -> std::io::Result<()> {
+        let bytes = postcard::to_stdvec(&self.meta).map_err(std::io::Error::other)?;
+        self.state_file.store(&bytes)
     }
 }
 
@@ -117,7 +113,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 .read(index)
                 .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
             match bytes {
-                Some(bytes) => entries.push(decode(&bytes)?),
+                Some(bytes) => entries.push(decode(&bytes).map_err(log_read_error)?),
                 None => break,
             }
         }
@@ -143,11 +139,37 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
         let mut inner = self.lock();
         inner.meta.vote = Some(*vote);
-        inner.store_meta()
+        inner
+            .store_meta()
+            .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, e))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
         Ok(self.lock().meta.vote)
+    }
+
+    /// Remembered so that a restart re-applies what sled had not flushed
+    /// before serving; a stale value only shortens that re-apply.
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let bytes = postcard::to_stdvec(&committed)
+            .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        self.lock()
+            .committed_file
+            .store(&bytes)
+            .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        let bytes = self
+            .lock()
+            .committed_file
+            .load()
+            .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Read, e))?;
+        match bytes {
+            Some(bytes) => postcard::from_bytes(&bytes)
+                .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Read, e)),
+            None => Ok(None),
+        }
     }
 
     async fn append<I>(
@@ -198,7 +220,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     .read(last)
                     .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?
                     .expect("last record exists");
-                Some(decode(&bytes)?.log_id)
+                Some(decode(&bytes).map_err(log_read_error)?.log_id)
             }
         };
         Ok(())
@@ -208,7 +230,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut inner = self.lock();
         // Durable first: after a crash, records at or below it are skipped.
         inner.meta.last_purged = Some(log_id);
-        inner.store_meta()?;
+        inner
+            .store_meta()
+            .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
         if inner
             .last_log_id
             .is_none_or(|last| last.index < log_id.index)

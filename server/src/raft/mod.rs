@@ -117,9 +117,11 @@ impl RaftNode {
             state_machine,
         )
         .await?;
-        match raft.initialize(identity.initial_members.clone()).await {
-            Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-            Err(e) => return Err(e.into()),
+        if !raft.is_initialized().await? {
+            match raft.initialize(identity.initial_members.clone()).await {
+                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         let node = Self {
             proposer: Proposer::start(raft.clone()),

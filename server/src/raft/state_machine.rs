@@ -11,12 +11,11 @@ use std::sync::Arc;
 use openraft::storage::RaftStateMachine;
 use openraft::{
     EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
-    StorageIOError,
 };
 use serde::{Deserialize, Serialize};
 
 use super::types::{
-    CommandResponse, Entry, LogId, Member, StorageError, StoredMembership, TypeConfig,
+    CommandResponse, Entry, LogId, Member, StorageError, StoredMembership, TypeConfig, io_error,
 };
 use crate::mvcc::Store;
 use crate::storage::db::meta_in_export;
@@ -24,14 +23,6 @@ use crate::storage::wal::StateFile;
 
 const META_APPLIED: &str = "applied";
 const META_MEMBERSHIP: &str = "membership";
-
-fn io_error(
-    subject: ErrorSubject<u64>,
-    verb: ErrorVerb,
-    e: impl std::fmt::Display,
-) -> StorageError {
-    StorageIOError::new(subject, verb, openraft::AnyError::error(e)).into()
-}
 
 fn sm_error(verb: ErrorVerb) -> impl Fn(std::io::Error) -> StorageError {
     move |e| io_error(ErrorSubject::StateMachine, verb, e)
@@ -66,7 +57,7 @@ fn read_meta<T: for<'de> Deserialize<'de>>(
 impl StateMachine {
     pub fn open(store: Arc<Store>, snapshot_dir: PathBuf) -> std::io::Result<Self> {
         std::fs::create_dir_all(&snapshot_dir)?;
-        let applied = read_meta(&store, META_APPLIED)?;
+        let applied = read_meta::<Option<LogId>>(&store, META_APPLIED)?.flatten();
         let membership = read_meta(&store, META_MEMBERSHIP)?.unwrap_or_default();
         Ok(Self {
             store,

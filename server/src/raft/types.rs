@@ -41,3 +41,12 @@ pub type Entry = openraft::Entry<TypeConfig>;
 pub type LogId = openraft::LogId<u64>;
 pub type StorageError = openraft::StorageError<u64>;
 pub type StoredMembership = openraft::StoredMembership<u64, Member>;
+
+/// openraft's storage error for an I/O failure on `subject`.
+pub fn io_error(
+    subject: openraft::ErrorSubject<u64>,
+    verb: openraft::ErrorVerb,
+    e: impl std::fmt::Display,
+) -> StorageError {
+    openraft::StorageIOError::new(subject, verb, openraft::AnyError::error(e)).into()
+}

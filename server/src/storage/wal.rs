@@ -363,6 +363,37 @@ impl StateFile {
     }
 }
 
+/// A tiny record rewritten in place on every update, without fsync: for
+/// values where a stale copy after a power loss is safe (the committed index
+/// only shortens re-apply on start), but a kill -9 must not lose the latest.
+pub struct HintFile {
+    file: File,
+}
+
+impl HintFile {
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        Ok(Self { file })
+    }
+
+    pub fn load(&self) -> io::Result<Option<Vec<u8>>> {
+        let mut data = Vec::new();
+        io::Read::read_to_end(&mut &self.file, &mut data)?;
+        Ok(scan(&data)
+            .first()
+            .map(|&(offset, len)| data[offset as usize..][..len as usize].to_vec()))
+    }
+
+    pub fn store(&self, payload: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(&frame(payload), 0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,6 +458,21 @@ mod tests {
         // them by its durable last-purged index.
         assert_eq!(wal.next_index(), 15);
         assert_eq!(wal.read(14).unwrap(), Some(payload(14)));
+    }
+
+    #[test]
+    fn hint_file_keeps_the_latest_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hint");
+        let hint = HintFile::open(&path).unwrap();
+        assert_eq!(hint.load().unwrap(), None);
+        hint.store(b"longer value").unwrap();
+        hint.store(b"short").unwrap();
+        drop(hint);
+        assert_eq!(
+            HintFile::open(&path).unwrap().load().unwrap(),
+            Some(b"short".to_vec())
+        );
     }
 
     #[test]
