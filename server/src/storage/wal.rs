@@ -382,8 +382,8 @@ impl HintFile {
     }
 
     pub fn load(&self) -> io::Result<Option<Vec<u8>>> {
-        let mut data = Vec::new();
-        io::Read::read_to_end(&mut &self.file, &mut data)?;
+        let mut data = vec![0u8; self.file.metadata()?.len() as usize];
+        self.file.read_exact_at(&mut data, 0)?;
         Ok(scan(&data)
             .first()
             .map(|&(offset, len)| data[offset as usize..][..len as usize].to_vec()))

@@ -234,12 +234,12 @@ impl ServerProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::from(stdout))
             .stderr(Stdio::from(stderr));
-        // Keep the environment from configuring the servers behind our back.
+        // Keep etcd-style ETCD_* variables from configuring the servers behind our back.
         for (k, _) in std::env::vars_os() {
-            if let Some(k) = k.to_str() {
-                if k.starts_with("ETCD_") || k.starts_with("BALLAST_") {
-                    cmd.env_remove(k);
-                }
+            if let Some(k) = k.to_str()
+                && k.starts_with("ETCD_")
+            {
+                cmd.env_remove(k);
             }
         }
         let child = cmd.spawn().unwrap_or_else(|e| {
@@ -438,16 +438,64 @@ async fn try_status(endpoint: &str) -> Result<StatusResponse, String> {
     }
 }
 
-fn tail_of(path: &Path, lines: usize) -> String {
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            let text = String::from_utf8_lossy(&bytes);
-            let all: Vec<&str> = text.lines().collect();
-            let from = all.len().saturating_sub(lines);
-            all[from..].join("\n")
+/// Strips ANSI colour escapes (`ESC [ ... m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
         }
-        Err(e) => format!("<cannot read {}: {e}>", path.display()),
     }
+    out
+}
+
+/// Backtrace frames and their locations: noise in a failure message.
+fn is_backtrace_line(line: &str) -> bool {
+    let t = line.trim_start();
+    let frame = t
+        .split_once(": ")
+        .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    frame || t.starts_with("at /") || t.starts_with("at ./")
+}
+
+/// An excerpt of a log for failure messages: every panic message (the line
+/// with "panicked at" and the one after it), then the last `lines` lines
+/// without backtrace frames; ANSI colours stripped.
+fn tail_of(path: &Path, lines: usize) -> String {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => return format!("<cannot read {}: {e}>", path.display()),
+    };
+    let text = strip_ansi(&String::from_utf8_lossy(&bytes));
+    let all: Vec<&str> = text.lines().collect();
+    let mut out = String::new();
+    for (i, line) in all.iter().enumerate() {
+        if line.contains("panicked at") {
+            out.push_str("[panic] ");
+            out.push_str(line);
+            out.push('\n');
+            if let Some(next) = all.get(i + 1) {
+                out.push_str("[panic] ");
+                out.push_str(next);
+                out.push('\n');
+            }
+        }
+    }
+    let kept: Vec<&str> = all
+        .iter()
+        .copied()
+        .filter(|l| !is_backtrace_line(l))
+        .collect();
+    let from = kept.len().saturating_sub(lines);
+    out.push_str(&kept[from..].join("\n"));
+    out
 }
 
 /// Handle of a `ballast` process. Derefs to [`ServerProcess`].
