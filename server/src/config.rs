@@ -1,6 +1,7 @@
 //! Command-line flags with etcd's names and `ETCD_*` environment variables.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -95,6 +96,11 @@ pub struct Config {
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]
     pub snapshot_count: u64,
 
+    /// Duration of periodic watch progress notifications.
+    #[arg(long, env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m",
+          value_parser = parse_duration)]
+    pub experimental_watch_progress_notify_interval: Duration,
+
     /// Log level: debug, info, warn, error, panic, or fatal.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info",
           value_parser = ["debug", "info", "warn", "error", "panic", "fatal"])]
@@ -128,12 +134,23 @@ impl Config {
         }
     }
 
+    /// etcd refuses intervals under 100 ms; so do we, by raising them.
+    pub fn watch_progress_notify_interval(&self) -> Duration {
+        self.experimental_watch_progress_notify_interval
+            .max(Duration::from_millis(100))
+    }
+
     pub fn version_text() -> String {
         format!(
             "ballast Version: {}\netcd API Version: {ETCD_API_VERSION}\n",
             env!("CARGO_PKG_VERSION")
         )
     }
+}
+
+/// Parses a Go-style duration such as `10m`, `100ms` or `1m30s`.
+fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(text)
 }
 
 /// Splits etcd's comma-separated URL lists.
@@ -164,6 +181,18 @@ mod tests {
         assert_eq!(config.initial_cluster(), "default=http://localhost:2380");
         assert_eq!(config.max_request_bytes, 1_572_864);
         assert_eq!(config.max_txn_ops, 128);
+        assert_eq!(
+            config.watch_progress_notify_interval(),
+            Duration::from_secs(600)
+        );
+        let fast = Config::parse_from([
+            "ballast",
+            "--experimental-watch-progress-notify-interval=1m30s",
+        ]);
+        assert_eq!(
+            fast.watch_progress_notify_interval(),
+            Duration::from_secs(90)
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Ballast's server: a Raft-replicated key-value store that speaks the etcd
 //! v3 gRPC API. Layers call downward only:
-//! `api` -> `raft` -> `mvcc` -> `storage`.
+//! `api` -> `raft`/`watch` -> `mvcc` -> `storage`.
 
 pub mod api;
 pub mod config;
@@ -9,3 +9,4 @@ pub mod mvcc;
 pub mod raft;
 pub mod server;
 pub mod storage;
+pub mod watch;

@@ -9,6 +9,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::api::{self, Limits};
 use crate::config::{Config, host_port, url_list};
 use crate::raft::RaftNode;
+use crate::watch::{WatchConfig, WatchHub};
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let node = Arc::new(RaftNode::start(&config).await?);
@@ -16,12 +17,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_txn_ops: config.max_txn_ops as usize,
         max_request_bytes: config.max_request_bytes as usize,
     };
+    let watch_hub = WatchHub::new(
+        node.store(),
+        WatchConfig {
+            progress_notify_interval: config.watch_progress_notify_interval(),
+            max_response_bytes: limits.max_request_bytes,
+        },
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
     for url in url_list(&config.listen_client_urls) {
         let listener = TcpListener::bind(host_port(&url)?).await?;
         tracing::info!(%url, member_id = %format!("{:x}", node.member_id()), "serving client requests");
-        let routes = api::routes(node.clone(), limits);
+        let routes = api::routes(node.clone(), watch_hub.clone(), limits);
         // Small responses must not wait for Nagle's algorithm.
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let mut stop = stop_rx.clone();

@@ -5,6 +5,7 @@ mod cluster;
 mod kv;
 mod maintenance;
 mod validate;
+mod watch;
 
 use std::sync::Arc;
 
@@ -12,11 +13,13 @@ use ballast_proto::etcdserverpb::ResponseHeader;
 use ballast_proto::etcdserverpb::cluster_server::ClusterServer;
 use ballast_proto::etcdserverpb::kv_server::KvServer;
 use ballast_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use ballast_proto::etcdserverpb::watch_server::WatchServer;
 use tonic::service::Routes;
 
 pub use validate::Limits;
 
 use crate::raft::RaftNode;
+use crate::watch::WatchHub;
 
 /// gRPC itself refuses messages this much over `--max-request-bytes`, as etcd does.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
@@ -48,9 +51,9 @@ impl Header {
     }
 }
 
-/// Every client-facing service. Services Ballast does not serve yet (Watch,
-/// Lease, Auth) are absent, so their RPCs answer `Unimplemented`.
-pub fn routes(node: Arc<RaftNode>, limits: Limits) -> Routes {
+/// Every client-facing service. Services Ballast does not serve yet (Lease,
+/// Auth) are absent, so their RPCs answer `Unimplemented`.
+pub fn routes(node: Arc<RaftNode>, watch_hub: WatchHub, limits: Limits) -> Routes {
     let header = Header { node: node.clone() };
     let max_message = limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
     Routes::new(
@@ -61,6 +64,10 @@ pub fn routes(node: Arc<RaftNode>, limits: Limits) -> Routes {
         maintenance::MaintenanceService::new(node.clone(), header.clone()),
     ))
     .add_service(ClusterServer::new(cluster::ClusterService::new(
-        node, header,
+        node,
+        header.clone(),
+    )))
+    .add_service(WatchServer::new(watch::WatchService::new(
+        watch_hub, header,
     )))
 }

@@ -26,16 +26,25 @@ impl<'a> KeyRange<'a> {
         self.end.is_empty()
     }
 
+    /// Whether `key` falls in the range.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        if self.is_single_key() {
+            return key == self.start;
+        }
+        key >= self.start && (self.end == [0] || key < self.end)
+    }
+
+    /// A `[start, end)` that no key can fall in (a watch refuses it).
+    pub fn is_empty_interval(&self) -> bool {
+        !self.is_single_key() && self.end != [0] && self.end <= self.start
+    }
+
     fn upper_bound(&self) -> Bound<&'a [u8]> {
         if self.end == [0] {
             Bound::Unbounded
         } else {
             Bound::Excluded(self.end)
         }
-    }
-
-    fn is_empty_interval(&self) -> bool {
-        !self.is_single_key() && self.end != [0] && self.end <= self.start
     }
 }
 

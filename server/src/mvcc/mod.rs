@@ -8,6 +8,7 @@ mod range;
 mod store;
 mod txn;
 
-pub use store::{Applier, Store, WriteRequest, WriteResponse};
+pub use index::KeyRange;
+pub use store::{Applier, Changes, Store, WriteRequest, WriteResponse};
 
 pub use crate::storage::revision::Revision;

@@ -6,7 +6,7 @@
 //! batch and writes it to sled as one atomic batch on commit.
 
 use std::collections::HashMap;
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use ballast_proto::etcdserverpb::request_op::Request;
 use ballast_proto::etcdserverpb::response_op::Response;
@@ -14,9 +14,11 @@ use ballast_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
-use ballast_proto::mvccpb::KeyValue;
+use ballast_proto::mvccpb::event::EventType;
+use ballast_proto::mvccpb::{Event, KeyValue};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
 
 use super::index::{KeyRange, TreeIndex};
 use super::range::{ReadView, range, range_keys};
@@ -53,9 +55,17 @@ struct State {
     compact_revision: i64,
 }
 
+/// The changes of one applied batch, in revision order, as watch events.
+pub type Changes = Arc<Vec<Event>>;
+
+/// Batches kept for subscribers that fall behind; one further behind lags
+/// and catches up from storage.
+const CHANGE_FEED_CAPACITY: usize = 1024;
+
 pub struct Store {
     db: StateDb,
     state: RwLock<State>,
+    feed: broadcast::Sender<Changes>,
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
@@ -78,6 +88,7 @@ impl Store {
         Ok(Self {
             db,
             state: RwLock::new(state),
+            feed: broadcast::channel(CHANGE_FEED_CAPACITY).0,
         })
     }
 
@@ -133,9 +144,41 @@ impl Store {
         is_read_only(req)
     }
 
+    /// Every batch of changes committed after this call, in revision order.
+    /// Subscribe before reading [`Store::revision`] so that no change falls between.
+    pub fn subscribe(&self) -> broadcast::Receiver<Changes> {
+        self.feed.subscribe()
+    }
+
+    /// The stored changes with revisions in `from..=to`, as watch events.
+    /// Fails if history from `from` on has been compacted away.
+    pub fn changes(&self, from: i64, to: i64) -> Result<Vec<Event>, EtcdError> {
+        let state = self.read();
+        if from < state.compact_revision {
+            return Err(EtcdError::Compacted);
+        }
+        Ok(self
+            .db
+            .rows(Revision::new(from, 0), Revision::new(to + 1, 0))
+            .map(|row| row_event(row.expect("state db read failed")))
+            .collect())
+    }
+
+    /// The value `key` had just before revision `rev` (a watch event's prev_kv).
+    pub fn previous(&self, key: &Bytes, rev: i64) -> Option<KeyValue> {
+        let req = RangeRequest {
+            key: key.clone(),
+            revision: rev - 1,
+            ..Default::default()
+        };
+        self.range(&req).ok()?.kvs.into_iter().next()
+    }
+
     /// Starts applying a batch of write requests; readers wait until it ends.
     pub fn applier(&self) -> Applier<'_> {
         Applier {
+            feed: &self.feed,
+            events: Vec::new(),
             db: &self.db,
             state: self.state.write().expect("store lock poisoned"),
             batch: StateBatch::default(),
@@ -206,6 +249,9 @@ impl ReadView for StateView<'_> {
 /// Applies write requests with etcd's semantics; see [`Store::applier`].
 /// Each request either fails with nothing changed or takes one revision.
 pub struct Applier<'a> {
+    feed: &'a broadcast::Sender<Changes>,
+    /// The batch's changes, published once committed.
+    events: Vec<Event>,
     db: &'a StateDb,
     state: RwLockWriteGuard<'a, State>,
     batch: StateBatch,
@@ -237,11 +283,17 @@ impl Applier<'_> {
         self.batch.put_meta(name, value);
     }
 
-    /// Writes the batch to the state database as one atomic batch.
+    /// Writes the batch to the state database as one atomic batch, then
+    /// publishes its changes (still under the lock, so in revision order).
     pub fn commit(mut self) -> std::io::Result<()> {
         let revision = self.state.revision.to_be_bytes();
         self.batch.put_meta(META_REVISION, &revision);
-        self.db.apply(std::mem::take(&mut self.batch))
+        self.db.apply(std::mem::take(&mut self.batch))?;
+        if !self.events.is_empty() {
+            // No subscriber is not an error: nobody watches.
+            let _ = self.feed.send(Arc::new(std::mem::take(&mut self.events)));
+        }
+        Ok(())
     }
 
     fn begin(&mut self) {
@@ -412,7 +464,9 @@ impl Applier<'_> {
         }
         let keep: std::collections::HashSet<Revision> =
             self.state.index.compact(at).into_iter().collect();
-        let end = Revision::new(at + 1, 0);
+        // Rows at `at` itself stay, tombstones included: a watch that starts
+        // at the compacted revision still sees its delete events.
+        let end = Revision::new(at, 0);
         let stale_stored = self
             .db
             .rows(Revision::default(), end)
@@ -442,7 +496,21 @@ impl Applier<'_> {
 
     fn write_row(&mut self, row: Row) {
         self.batch.put_row(&row);
+        self.events.push(row_event(row.clone()));
         self.pending.insert(row.rev, row);
+    }
+}
+
+fn row_event(row: Row) -> Event {
+    let kind = if row.tombstone {
+        EventType::Delete
+    } else {
+        EventType::Put
+    };
+    Event {
+        r#type: kind as i32,
+        kv: Some(row.kv),
+        prev_kv: None,
     }
 }
 

@@ -144,6 +144,11 @@ impl RaftNode {
         }
     }
 
+    /// The store this member applies to (for the watch hub's reads).
+    pub fn store(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+
     pub fn member_id(&self) -> u64 {
         self.identity.member_id
     }
