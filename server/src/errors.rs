@@ -41,6 +41,10 @@ pub enum EtcdError {
     Stopped,
 }
 
+/// Watch cancel reasons, sent in `cancel_reason` rather than as a status.
+pub const WATCH_DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+pub const WATCH_EMPTY_RANGE: &str = "mvcc: watcher range is empty";
+
 impl EtcdError {
     pub fn code(&self) -> Code {
         use EtcdError::*;

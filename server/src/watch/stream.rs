@@ -18,16 +18,13 @@ use tonic::Status;
 
 use super::watcher::Watcher;
 use super::{WatchConfig, WatchCounters};
-use crate::errors::EtcdError;
+use crate::errors::{EtcdError, WATCH_DUPLICATE_ID, WATCH_EMPTY_RANGE};
 use crate::mvcc::{Changes, KeyRange, Store};
 
 /// Revisions read from storage per catch-up step, bounding memory.
 const CATCH_UP_REVISIONS: i64 = 1000;
 /// Requests read ahead of the stream task.
 const REQUEST_BUFFER: usize = 64;
-
-const DUPLICATE_WATCH_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
-const EMPTY_WATCH_RANGE: &str = "mvcc: watcher range is empty";
 
 /// The client went away; the stream ends.
 struct Gone;
@@ -170,11 +167,11 @@ impl WatchStream {
             ..Default::default()
         };
         if KeyRange::new(&create.key, &create.range_end).is_empty_interval() {
-            return self.send(refuse(EMPTY_WATCH_RANGE)).await;
+            return self.send(refuse(WATCH_EMPTY_RANGE)).await;
         }
         let id = if create.watch_id != 0 {
             if self.watchers.contains_key(&create.watch_id) {
-                return self.send(refuse(DUPLICATE_WATCH_ID)).await;
+                return self.send(refuse(WATCH_DUPLICATE_ID)).await;
             }
             create.watch_id
         } else {
