@@ -13,6 +13,7 @@ const PROTO_FILES: &[&str] = &[
     "protos/etcdserverpb/rpc.proto",
     "protos/v3lockpb/v3lock.proto",
     "protos/v3electionpb/v3election.proto",
+    "protos/ballast/raftpb.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -37,6 +37,12 @@ pub mod v3electionpb {
     tonic::include_proto!("v3electionpb");
 }
 
+/// Ballast's peer protocol between members (`ballastraftpb`).
+#[allow(clippy::all)]
+pub mod ballastraftpb {
+    tonic::include_proto!("ballastraftpb");
+}
+
 /// Encoded `FileDescriptorSet` of all the protos above, e.g. for gRPC
 /// reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));

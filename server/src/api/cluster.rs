@@ -31,11 +31,11 @@ impl Cluster for ClusterService {
             .node
             .members()
             .into_iter()
-            .map(|(id, member)| Member {
+            .map(|(id, member, client_urls)| Member {
                 id,
                 name: member.name,
                 peer_ur_ls: member.peer_urls,
-                client_ur_ls: member.client_urls,
+                client_ur_ls: client_urls,
                 is_learner: false,
             })
             .collect();

@@ -40,13 +40,10 @@ pub fn cluster_id(member_ids: impl IntoIterator<Item = u64>) -> u64 {
     sha1_u64(&bytes)
 }
 
-/// Parses `--initial-cluster` (`name=url,name=url`) into this member's identity.
-pub fn identity(
-    name: &str,
-    initial_cluster: &str,
-    token: &str,
-    client_urls: &[String],
-) -> anyhow::Result<Identity> {
+/// Parses `--initial-cluster` (`name=url,name=url`) into this member's
+/// identity. Every member computes the same initial membership from the same
+/// flags, which openraft requires of members that initialise together.
+pub fn identity(name: &str, initial_cluster: &str, token: &str) -> anyhow::Result<Identity> {
     let mut peers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for item in url_list(initial_cluster) {
         let (member, url) = item
@@ -64,17 +61,11 @@ pub fn identity(
         .into_iter()
         .map(|(member_name, peer_urls)| {
             let id = member_id(&peer_urls, token);
-            let client_urls = if member_name == name {
-                client_urls.to_vec()
-            } else {
-                Vec::new()
-            };
             (
                 id,
                 Member {
                     name: member_name,
                     peer_urls,
-                    client_urls,
                 },
             )
         })
@@ -97,13 +88,12 @@ mod tests {
 
     #[test]
     fn ids_are_deterministic_and_distinct() {
-        let a = identity("a", "a=http://127.0.0.1:1,b=http://127.0.0.1:2", "t", &[]).unwrap();
-        let b = identity("b", "a=http://127.0.0.1:1,b=http://127.0.0.1:2", "t", &[]).unwrap();
+        let a = identity("a", "a=http://127.0.0.1:1,b=http://127.0.0.1:2", "t").unwrap();
+        let b = identity("b", "a=http://127.0.0.1:1,b=http://127.0.0.1:2", "t").unwrap();
         assert_eq!(a.cluster_id, b.cluster_id);
         assert_ne!(a.member_id, b.member_id);
         assert_eq!(a.initial_members.len(), 2);
-        let other_token =
-            identity("a", "a=http://127.0.0.1:1,b=http://127.0.0.1:2", "u", &[]).unwrap();
+        let other_token = identity("a", "a=http://127.0.0.1:1,b=http://127.0.0.1:2", "u").unwrap();
         assert_ne!(a.member_id, other_token.member_id);
     }
 
@@ -117,6 +107,6 @@ mod tests {
 
     #[test]
     fn local_name_must_be_listed() {
-        assert!(identity("c", "a=http://127.0.0.1:1", "t", &[]).is_err());
+        assert!(identity("c", "a=http://127.0.0.1:1", "t").is_err());
     }
 }

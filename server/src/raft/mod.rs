@@ -5,6 +5,7 @@
 mod bootstrap;
 mod log_store;
 mod network;
+mod peer_service;
 mod proposer;
 mod read_barrier;
 mod state_machine;
@@ -25,7 +26,14 @@ pub use log_store::LogStore;
 pub use state_machine::StateMachine;
 pub use types::{Member, Raft, TypeConfig};
 
-use crate::config::{Config, url_list};
+use ballast_proto::ballastraftpb::raft_server::RaftServer;
+use network::PeerNetwork;
+use peer_service::PeerService;
+use proposer::Submitter;
+use tonic::transport::server::TcpIncoming;
+use types::Command;
+
+use crate::config::{Config, host_port, url_list};
 use crate::errors::EtcdError;
 use crate::mvcc::{Store, WriteRequest, WriteResponse};
 use crate::storage::db::{StateBatch, StateDb};
@@ -51,7 +59,40 @@ pub struct RaftNode {
     store: Arc<Store>,
     proposer: Proposer,
     reads: ReadBarrier,
+    submitter: Submitter,
     identity: Identity,
+    stop_peers: tokio::sync::watch::Sender<bool>,
+    peer_server:
+        std::sync::Mutex<Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>>,
+}
+
+/// Serves the peer protocol on `--listen-peer-urls` until told to stop.
+async fn serve_peers(
+    config: &Config,
+    raft: &Raft,
+    identity: &Identity,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>> {
+    let urls = url_list(&config.listen_peer_urls);
+    let url = urls
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("--listen-peer-urls is empty"))?;
+    let listener = tokio::net::TcpListener::bind(host_port(url)?).await?;
+    let service = RaftServer::new(PeerService::new(
+        raft.clone(),
+        identity.member_id,
+        identity.cluster_id,
+    ))
+    .max_decoding_message_size(network::MAX_PEER_MESSAGE_BYTES)
+    .max_encoding_message_size(network::MAX_PEER_MESSAGE_BYTES);
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    Ok(tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            }),
+    ))
 }
 
 fn write_error(e: &RaftError<u64, ClientWriteError<u64, Member>>) -> EtcdError {
@@ -87,7 +128,6 @@ impl RaftNode {
                     &config.name,
                     &config.initial_cluster(),
                     &config.initial_cluster_token,
-                    &url_list(&config.advertise_client_urls),
                 )?;
                 let mut batch = StateBatch::default();
                 batch.put_meta(META_IDENTITY, &postcard::to_stdvec(&identity)?);
@@ -109,29 +149,59 @@ impl RaftNode {
         .validate()?;
         let log_store = LogStore::open(&member_dir.join("wal"))?;
         let state_machine = StateMachine::open(store.clone(), member_dir.join("snap"))?;
+        let peers = PeerNetwork::new(identity.cluster_id);
         let raft = Raft::new(
             identity.member_id,
             Arc::new(raft_config),
-            network::NoPeers,
+            peers.clone(),
             log_store,
             state_machine,
         )
         .await?;
+        let (stop_peers, peers_stopped) = tokio::sync::watch::channel(false);
+        let peer_server = serve_peers(config, &raft, &identity, peers_stopped).await?;
         if !raft.is_initialized().await? {
             match raft.initialize(identity.initial_members.clone()).await {
                 Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
                 Err(e) => return Err(e.into()),
             }
         }
+        let submitter = Submitter {
+            raft: raft.clone(),
+            peers,
+            leader_wait: Duration::from_millis(config.election_timeout * 3),
+        };
         let node = Self {
-            proposer: Proposer::start(raft.clone()),
-            reads: ReadBarrier::start(raft.clone()),
+            proposer: Proposer::start(raft.clone(), submitter.peers.clone(), submitter.leader_wait),
+            reads: ReadBarrier::start(submitter.clone()),
+            submitter,
             raft,
             store,
             identity,
+            stop_peers,
+            peer_server: std::sync::Mutex::new(Some(peer_server)),
         };
         node.wait_until_serving().await?;
+        node.publish_client_urls(url_list(&config.advertise_client_urls))
+            .await?;
         Ok(node)
+    }
+
+    /// Announces this member's client URLs through Raft, as etcd publishes
+    /// its attributes, unless the cluster already has them.
+    async fn publish_client_urls(&self, client_urls: Vec<String>) -> anyhow::Result<()> {
+        let store = self.store.clone();
+        let known =
+            tokio::task::spawn_blocking(move || state_machine::client_urls(&store)).await??;
+        if known.get(&self.identity.member_id) == Some(&client_urls) {
+            return Ok(());
+        }
+        let command = Command::PublishClientUrls {
+            member_id: self.identity.member_id,
+            client_urls,
+        };
+        self.submitter.submit(command).await?;
+        Ok(())
     }
 
     async fn wait_until_serving(&self) -> anyhow::Result<()> {
@@ -180,13 +250,21 @@ impl RaftNode {
         }
     }
 
-    /// Every member with its id, as the replicated membership has it.
-    pub fn members(&self) -> Vec<(u64, Member)> {
+    /// Every member with its id and published client URLs, as the
+    /// replicated state has them.
+    pub fn members(&self) -> Vec<(u64, Member, Vec<String>)> {
+        let mut client_urls = state_machine::client_urls(&self.store).unwrap_or_default();
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         m.membership_config
             .nodes()
-            .map(|(id, member)| (*id, member.clone()))
+            .map(|(id, member)| {
+                (
+                    *id,
+                    member.clone(),
+                    client_urls.remove(id).unwrap_or_default(),
+                )
+            })
             .collect()
     }
 
@@ -257,6 +335,15 @@ impl RaftNode {
     pub async fn shutdown(&self) {
         if let Err(e) = tokio::time::timeout(Duration::from_secs(5), self.raft.shutdown()).await {
             tracing::warn!(error = %e, "raft did not stop in time");
+        }
+        let _ = self.stop_peers.send(true);
+        let server = self
+            .peer_server
+            .lock()
+            .expect("peer server lock poisoned")
+            .take();
+        if let Some(server) = server {
+            let _ = server.await;
         }
     }
 }

@@ -1,57 +1,262 @@
-//! Peer transport. A one-member cluster never sends a Raft RPC; the peer gRPC
-//! service arrives with multi-member clusters (issue 3), and until then every
-//! peer is unreachable.
+//! The peer transport, client side: openraft's RPCs and forwarded client
+//! requests to other members over gRPC (`ballastraftpb.Raft`), payloads
+//! postcard-encoded. One lazily connected channel per peer, shared by clones.
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ballast_proto::ballastraftpb::PeerRequest;
+use ballast_proto::ballastraftpb::raft_client::RaftClient;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
 
-use super::types::{Member, TypeConfig};
+use super::types::{Command, CommandResponse, LogId, Member, TypeConfig};
+use crate::errors::EtcdError;
+
+/// Peer messages may carry snapshot chunks and batches of large requests.
+pub const MAX_PEER_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// How long a forwarded request may take before the client hears a timeout.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 type RpcResult<T, E = RaftError<u64>> = Result<T, RPCError<u64, Member, E>>;
 
-pub struct NoPeers;
-
-pub struct NoPeer;
-
-fn unreachable<E: std::error::Error>() -> RPCError<u64, Member, E> {
-    let reason = std::io::Error::other("peer transport is not available in a one-member cluster");
-    RPCError::Unreachable(Unreachable::new(&reason))
+#[derive(Clone)]
+pub struct PeerNetwork {
+    cluster_id: u64,
+    channels: Arc<Mutex<HashMap<u64, Channel>>>,
 }
 
-impl RaftNetworkFactory<TypeConfig> for NoPeers {
-    type Network = NoPeer;
+pub struct Peer {
+    target: u64,
+    cluster_id: u64,
+    client: Option<RaftClient<Channel>>,
+}
 
-    async fn new_client(&mut self, _target: u64, _node: &Member) -> NoPeer {
-        NoPeer
+/// Why a request forwarded to the leader got no result.
+#[derive(Debug)]
+pub enum Forwarded {
+    /// It never reached the leader (it is down): safe to retry with the next leader.
+    NotSent,
+    /// It may have reached the leader; the client decides whether to retry.
+    Failed(EtcdError),
+}
+
+/// Whether the call failed while connecting, so the peer never saw the request.
+fn is_connect_error(status: &tonic::Status) -> bool {
+    status.message().contains("connect")
+}
+
+/// A peer call that failed before the peer answered.
+#[derive(Debug)]
+enum CallError {
+    Unreachable(tonic::Status),
+    Failed(tonic::Status),
+}
+
+impl PeerNetwork {
+    pub fn new(cluster_id: u64) -> Self {
+        Self {
+            cluster_id,
+            channels: Arc::default(),
+        }
+    }
+
+    pub fn peer(&self, target: u64, member: &Member) -> Peer {
+        let client = self.channel(target, member).map(|channel| {
+            RaftClient::new(channel)
+                .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES)
+        });
+        Peer {
+            target,
+            cluster_id: self.cluster_id,
+            client,
+        }
+    }
+
+    fn channel(&self, target: u64, member: &Member) -> Option<Channel> {
+        let mut channels = self.channels.lock().expect("peer channel lock poisoned");
+        if let Some(channel) = channels.get(&target) {
+            return Some(channel.clone());
+        }
+        let url = member.peer_urls.first()?;
+        let channel = Endpoint::from_shared(url.clone())
+            .ok()?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(target, channel.clone());
+        Some(channel)
     }
 }
 
-impl RaftNetwork<TypeConfig> for NoPeer {
+impl Peer {
+    fn request<T: Serialize>(&self, message: &T) -> PeerRequest {
+        PeerRequest {
+            target_member_id: self.target,
+            cluster_id: self.cluster_id,
+            payload: postcard::to_stdvec(message)
+                .expect("peer messages encode")
+                .into(),
+        }
+    }
+
+    fn client(&self) -> Result<RaftClient<Channel>, CallError> {
+        self.client.clone().ok_or_else(|| {
+            CallError::Unreachable(tonic::Status::unavailable("member has no peer URL"))
+        })
+    }
+
+    /// Decodes a reply payload; a garbled one is a failed call.
+    fn decode<T: DeserializeOwned>(
+        reply: tonic::Response<ballast_proto::ballastraftpb::PeerReply>,
+    ) -> Result<T, CallError> {
+        postcard::from_bytes(&reply.into_inner().payload)
+            .map_err(|e| CallError::Failed(tonic::Status::internal(e.to_string())))
+    }
+
+    fn status_error(status: tonic::Status) -> CallError {
+        match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                CallError::Unreachable(status)
+            }
+            _ => CallError::Failed(status),
+        }
+    }
+
+    /// Asks the leader to propose `command`; used when this member is a follower.
+    pub async fn propose(&self, command: &Command) -> Result<CommandResponse, Forwarded> {
+        let request = self.request(command);
+        let call = async {
+            let reply = self
+                .client()?
+                .propose(request)
+                .await
+                .map_err(Self::status_error)?;
+            Self::decode::<Result<CommandResponse, EtcdError>>(reply)
+        };
+        match tokio::time::timeout(FORWARD_TIMEOUT, call).await {
+            Ok(Ok(result)) => result.map_err(Forwarded::Failed),
+            Ok(Err(CallError::Unreachable(status))) if is_connect_error(&status) => {
+                Err(Forwarded::NotSent)
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(?error, "forwarding a proposal failed");
+                Err(Forwarded::Failed(EtcdError::LeaderChanged))
+            }
+            Err(_) => Err(Forwarded::Failed(EtcdError::Timeout)),
+        }
+    }
+
+    /// The leader's read index: once this member has applied it, a local
+    /// read is linearizable. Asking again is always safe.
+    pub async fn read_index(&self) -> Result<Option<LogId>, Forwarded> {
+        let request = self.request(&());
+        let call = async {
+            let reply = self
+                .client()?
+                .read_index(request)
+                .await
+                .map_err(Self::status_error)?;
+            Self::decode::<Result<Option<LogId>, EtcdError>>(reply)
+        };
+        match tokio::time::timeout(FORWARD_TIMEOUT, call).await {
+            Ok(Ok(result)) => result.map_err(Forwarded::Failed),
+            Ok(Err(_)) => Err(Forwarded::NotSent),
+            Err(_) => Err(Forwarded::Failed(EtcdError::Timeout)),
+        }
+    }
+
+    async fn raft_call<Req, Resp, E>(
+        &mut self,
+        message: &Req,
+        option: &RPCOption,
+        send: impl AsyncFnOnce(
+            RaftClient<Channel>,
+            PeerRequest,
+        ) -> Result<
+            tonic::Response<ballast_proto::ballastraftpb::PeerReply>,
+            tonic::Status,
+        >,
+    ) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let request = self.request(message);
+        let call = async {
+            let reply = send(self.client()?, request)
+                .await
+                .map_err(Self::status_error)?;
+            Self::decode::<Result<Resp, E>>(reply)
+        };
+        let outcome = tokio::time::timeout(option.hard_ttl(), call).await;
+        match outcome {
+            Ok(Ok(Ok(response))) => Ok(response),
+            Ok(Ok(Err(remote))) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, remote)))
+            }
+            Ok(Err(CallError::Unreachable(status))) => {
+                Err(RPCError::Unreachable(Unreachable::new(&status)))
+            }
+            Ok(Err(CallError::Failed(status))) => {
+                Err(RPCError::Network(NetworkError::new(&status)))
+            }
+            Err(elapsed) => Err(RPCError::Network(NetworkError::new(&elapsed))),
+        }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: u64, node: &Member) -> Peer {
+        self.peer(target, node)
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Peer {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>> {
-        Err(unreachable())
+        self.raft_call(&rpc, &option, async |mut client, request| {
+            client.append_entries(request).await
+        })
+        .await
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>> {
-        Err(unreachable())
+        self.raft_call(&rpc, &option, async |mut client, request| {
+            client.install_snapshot(request).await
+        })
+        .await
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<u64>,
-        _option: RPCOption,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
     ) -> RpcResult<VoteResponse<u64>> {
-        Err(unreachable())
+        self.raft_call(&rpc, &option, async |mut client, request| {
+            client.vote(request).await
+        })
+        .await
     }
 }

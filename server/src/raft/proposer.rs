@@ -3,20 +3,28 @@
 //! openraft 0.9 appends and fsyncs once per `client_write`, so throughput
 //! comes from requests per entry: the proposer takes every request queued
 //! while earlier proposals are in flight and proposes them as one command.
+//! On a follower the command goes to the leader as one forwarded batch.
 //! The task ends when the last [`Proposer`] handle is dropped.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::types::{Command, Raft};
+use super::network::{Forwarded, PeerNetwork};
+use super::types::{Command, CommandResponse, Raft};
 use crate::errors::EtcdError;
 use crate::mvcc::{WriteRequest, WriteResponse};
 
-/// Most requests in one entry; bounds entry size together with the request size limit.
+/// Most requests in one entry.
 const MAX_BATCH: usize = 1024;
+/// Most request bytes in one entry, so that entries stay well under the peer message limit.
+const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// Proposals in flight at once: lets one batch apply while the next is logged.
 const IN_FLIGHT: usize = 2;
+/// Attempts at finding a leader before a client hears `no leader`.
+const LEADER_ATTEMPTS: usize = 3;
 
 type Reply = oneshot::Sender<Result<WriteResponse, EtcdError>>;
 
@@ -26,9 +34,16 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    pub fn start(raft: Raft) -> Self {
+    pub fn start(raft: Raft, peers: PeerNetwork, leader_wait: Duration) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, rx));
+        tokio::spawn(run(
+            Submitter {
+                raft,
+                peers,
+                leader_wait,
+            },
+            rx,
+        ));
         Self { tx }
     }
 
@@ -41,39 +56,113 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(WriteRequest, Reply)>) {
+/// Gets a command committed: through the local Raft on the leader, forwarded
+/// to the leader on a follower.
+#[derive(Clone)]
+pub struct Submitter {
+    pub raft: Raft,
+    pub peers: PeerNetwork,
+    /// How long to wait for a leader to appear before trying again.
+    pub leader_wait: Duration,
+}
+
+impl Submitter {
+    pub async fn submit(&self, command: Command) -> Result<CommandResponse, EtcdError> {
+        for _ in 0..LEADER_ATTEMPTS {
+            match self.raft.client_write(command.clone()).await {
+                Ok(written) => return Ok(written.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => {
+                    match (to.leader_id, to.leader_node) {
+                        (Some(leader), Some(member)) => {
+                            match self.peers.peer(leader, &member).propose(&command).await {
+                                Ok(response) => return Ok(response),
+                                Err(Forwarded::Failed(error)) => return Err(error),
+                                Err(Forwarded::NotSent) => {
+                                    self.wait_for_leader_other_than(leader).await
+                                }
+                            }
+                        }
+                        _ => self.wait_for_leader().await,
+                    }
+                }
+                Err(e) => return Err(super::write_error(&e)),
+            }
+        }
+        Err(EtcdError::NoLeader)
+    }
+
+    pub async fn wait_for_leader(&self) {
+        let _ = self
+            .raft
+            .wait(Some(self.leader_wait))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await;
+    }
+
+    /// Waits until a member other than the unreachable `leader` leads, as
+    /// etcd holds a proposal until there is a leader to take it.
+    pub async fn wait_for_leader_other_than(&self, leader: u64) {
+        let _ = self
+            .raft
+            .wait(Some(self.leader_wait))
+            .metrics(
+                |m| m.current_leader.is_some_and(|current| current != leader),
+                "a new leader",
+            )
+            .await;
+    }
+}
+
+fn request_bytes(request: &WriteRequest) -> usize {
+    use prost::Message;
+    match request {
+        WriteRequest::Put(r) => r.encoded_len(),
+        WriteRequest::DeleteRange(r) => r.encoded_len(),
+        WriteRequest::Txn(r) => r.encoded_len(),
+        WriteRequest::Compact(r) => r.encoded_len(),
+    }
+}
+
+async fn run(submitter: Submitter, mut rx: mpsc::UnboundedReceiver<(WriteRequest, Reply)>) {
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut carried = None;
     loop {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let Some(first) = rx.recv().await else {
-            return;
+        let first = match carried.take() {
+            Some(first) => first,
+            None => match rx.recv().await {
+                Some(first) => first,
+                None => return,
+            },
         };
+        let mut bytes = request_bytes(&first.0);
         let mut requests = vec![first.0];
         let mut replies = vec![first.1];
         while requests.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok((request, reply)) => {
-                    requests.push(request);
-                    replies.push(reply);
-                }
-                Err(_) => break,
+            let Ok((request, reply)) = rx.try_recv() else {
+                break;
+            };
+            bytes += request_bytes(&request);
+            if bytes > MAX_BATCH_BYTES {
+                carried = Some((request, reply));
+                break;
             }
+            requests.push(request);
+            replies.push(reply);
         }
-        let raft = raft.clone();
+        let submitter = submitter.clone();
         tokio::spawn(async move {
-            let outcome = raft.client_write(Command { requests }).await;
+            let outcome = submitter.submit(Command::Writes(requests)).await;
             drop(permit);
             match outcome {
-                Ok(written) => {
-                    for (reply, result) in replies.into_iter().zip(written.data.results) {
+                Ok(response) => {
+                    for (reply, result) in replies.into_iter().zip(response.results) {
                         let _ = reply.send(result);
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "proposal failed");
-                    let error = super::write_error(&e);
+                Err(error) => {
                     for reply in replies {
                         let _ = reply.send(Err(error.clone()));
                     }

@@ -1,14 +1,20 @@
-//! Linearizable reads: one read-index round (`ensure_linearizable`) serves
-//! every read that arrived before the round started. Reads that arrive during
-//! a round wait for the next one, which keeps them linearizable.
+//! Linearizable reads: one read-index round serves every read that arrived
+//! before the round started. Reads that arrive during a round wait for the
+//! next one, which keeps them linearizable. On a follower the round asks the
+//! leader for its read index and waits until the local apply reaches it.
 //! The task ends when the last [`ReadBarrier`] handle is dropped.
 
+use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::sync::{mpsc, oneshot};
 
-use super::types::Raft;
+use super::network::Forwarded;
+use super::proposer::Submitter;
 use crate::errors::EtcdError;
 
 type Waiter = oneshot::Sender<Result<(), EtcdError>>;
+
+/// Attempts at finding a leader before a read fails with `no leader`.
+const LEADER_ATTEMPTS: usize = 3;
 
 #[derive(Clone)]
 pub struct ReadBarrier {
@@ -16,9 +22,9 @@ pub struct ReadBarrier {
 }
 
 impl ReadBarrier {
-    pub fn start(raft: Raft) -> Self {
+    pub fn start(submitter: Submitter) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, rx));
+        tokio::spawn(run(submitter, rx));
         Self { tx }
     }
 
@@ -31,19 +37,45 @@ impl ReadBarrier {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Waiter>) {
+async fn run(submitter: Submitter, mut rx: mpsc::UnboundedReceiver<Waiter>) {
     while let Some(first) = rx.recv().await {
         let mut waiters = vec![first];
         while let Ok(waiter) = rx.try_recv() {
             waiters.push(waiter);
         }
-        let result = raft
-            .ensure_linearizable()
-            .await
-            .map(|_| ())
-            .map_err(|e| super::read_error(&e));
+        let result = read_round(&submitter).await;
         for waiter in waiters {
             let _ = waiter.send(result.clone());
         }
     }
+}
+
+async fn read_round(submitter: &Submitter) -> Result<(), EtcdError> {
+    let raft = &submitter.raft;
+    for _ in 0..LEADER_ATTEMPTS {
+        match raft.ensure_linearizable().await {
+            Ok(_) => return Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(to))) => {
+                let (Some(leader), Some(member)) = (to.leader_id, to.leader_node) else {
+                    submitter.wait_for_leader().await;
+                    continue;
+                };
+                let index = match submitter.peers.peer(leader, &member).read_index().await {
+                    Ok(index) => index,
+                    Err(Forwarded::Failed(error)) => return Err(error),
+                    Err(Forwarded::NotSent) => {
+                        submitter.wait_for_leader_other_than(leader).await;
+                        continue;
+                    }
+                };
+                raft.wait(None)
+                    .applied_index_at_least(index.map(|id| id.index), "leader's read index")
+                    .await
+                    .map_err(|_| EtcdError::Stopped)?;
+                return Ok(());
+            }
+            Err(e) => return Err(super::read_error(&e)),
+        }
+    }
+    Err(EtcdError::NoLeader)
 }

@@ -4,6 +4,7 @@
 //! log id and membership, so a restart never applies an entry twice; what
 //! sled lost in a crash is re-applied from the log.
 
+use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,7 +16,8 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 
 use super::types::{
-    CommandResponse, Entry, LogId, Member, StorageError, StoredMembership, TypeConfig, io_error,
+    Command, CommandResponse, Entry, LogId, Member, StorageError, StoredMembership, TypeConfig,
+    io_error,
 };
 use crate::mvcc::Store;
 use crate::storage::db::meta_in_export;
@@ -23,6 +25,12 @@ use crate::storage::wal::StateFile;
 
 const META_APPLIED: &str = "applied";
 const META_MEMBERSHIP: &str = "membership";
+const META_CLIENT_URLS: &str = "client_urls";
+
+/// The client URLs each member published.
+pub fn client_urls(store: &Store) -> std::io::Result<BTreeMap<u64, Vec<String>>> {
+    Ok(read_meta(store, META_CLIENT_URLS)?.unwrap_or_default())
+}
 
 fn sm_error(verb: ErrorVerb) -> impl Fn(std::io::Error) -> StorageError {
     move |e| io_error(ErrorSubject::StateMachine, verb, e)
@@ -87,18 +95,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let store = self.store.clone();
         let mut membership = self.membership.clone();
         let (responses, membership) = tokio::task::spawn_blocking(move || {
+            let mut client_urls_by_member = client_urls(&store)?;
+            let mut client_urls_changed = false;
             let mut applier = store.applier();
             let mut responses = Vec::with_capacity(entries.len());
             for entry in entries {
                 let response = match entry.payload {
                     EntryPayload::Blank => CommandResponse::default(),
-                    EntryPayload::Normal(command) => CommandResponse {
-                        results: command
-                            .requests
-                            .iter()
-                            .map(|req| applier.execute(req))
-                            .collect(),
+                    EntryPayload::Normal(Command::Writes(requests)) => CommandResponse {
+                        results: requests.iter().map(|req| applier.execute(req)).collect(),
                     },
+                    EntryPayload::Normal(Command::PublishClientUrls {
+                        member_id,
+                        client_urls,
+                    }) => {
+                        client_urls_by_member.insert(member_id, client_urls);
+                        client_urls_changed = true;
+                        CommandResponse::default()
+                    }
                     EntryPayload::Membership(config) => {
                         membership = StoredMembership::new(Some(entry.log_id), config);
                         CommandResponse::default()
@@ -110,6 +124,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let members = postcard::to_stdvec(&membership).map_err(std::io::Error::other)?;
             applier.put_meta(META_APPLIED, &applied);
             applier.put_meta(META_MEMBERSHIP, &members);
+            if client_urls_changed {
+                let urls =
+                    postcard::to_stdvec(&client_urls_by_member).map_err(std::io::Error::other)?;
+                applier.put_meta(META_CLIENT_URLS, &urls);
+            }
             applier.commit()?;
             Ok::<_, std::io::Error>((responses, membership))
         })

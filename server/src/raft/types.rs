@@ -7,18 +7,25 @@ use serde::{Deserialize, Serialize};
 use crate::errors::EtcdError;
 use crate::mvcc::{WriteRequest, WriteResponse};
 
-/// What openraft knows of a member: etcd's member attributes.
+/// What openraft knows of a member. Identical on every member from the
+/// bootstrap flags; client URLs are published separately once it runs
+/// ([`Command::PublishClientUrls`]), as etcd publishes member attributes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     pub name: String,
     pub peer_urls: Vec<String>,
-    pub client_urls: Vec<String>,
 }
 
-/// One Raft entry: the write requests the proposer packed together.
+/// One Raft entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Command {
-    pub requests: Vec<WriteRequest>,
+pub enum Command {
+    /// Client write requests the proposer packed together.
+    Writes(Vec<WriteRequest>),
+    /// A member announces the client URLs it serves on.
+    PublishClientUrls {
+        member_id: u64,
+        client_urls: Vec<String>,
+    },
 }
 
 /// One result per request of a [`Command`], in order.

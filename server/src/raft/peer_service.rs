@@ -1,0 +1,99 @@
+//! The peer transport, server side: hands openraft's RPCs to the local Raft
+//! and proposes writes that followers forward. Refuses messages meant for
+//! another member or cluster (a misrouted peer is how split brains start).
+
+use ballast_proto::ballastraftpb::raft_server::Raft as PeerRaft;
+use ballast_proto::ballastraftpb::{PeerReply, PeerRequest};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::{Request, Response, Status};
+
+use super::types::{Command, CommandResponse, LogId, Raft, TypeConfig};
+use crate::errors::EtcdError;
+
+pub struct PeerService {
+    raft: Raft,
+    member_id: u64,
+    cluster_id: u64,
+}
+
+impl PeerService {
+    pub fn new(raft: Raft, member_id: u64, cluster_id: u64) -> Self {
+        Self {
+            raft,
+            member_id,
+            cluster_id,
+        }
+    }
+
+    fn open<T: DeserializeOwned>(&self, request: Request<PeerRequest>) -> Result<T, Status> {
+        let request = request.into_inner();
+        if request.target_member_id != self.member_id || request.cluster_id != self.cluster_id {
+            return Err(Status::failed_precondition(format!(
+                "message for member {:x} of cluster {:x} reached member {:x} of cluster {:x}",
+                request.target_member_id, request.cluster_id, self.member_id, self.cluster_id
+            )));
+        }
+        postcard::from_bytes(&request.payload).map_err(|e| Status::invalid_argument(e.to_string()))
+    }
+}
+
+fn reply<T: Serialize>(value: &T) -> Result<Response<PeerReply>, Status> {
+    let payload = postcard::to_stdvec(value).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(PeerReply {
+        payload: payload.into(),
+    }))
+}
+
+#[tonic::async_trait]
+impl PeerRaft for PeerService {
+    async fn append_entries(
+        &self,
+        request: Request<PeerRequest>,
+    ) -> Result<Response<PeerReply>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = self.open(request)?;
+        reply(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, request: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
+        let rpc: VoteRequest<u64> = self.open(request)?;
+        reply(&self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<PeerRequest>,
+    ) -> Result<Response<PeerReply>, Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> = self.open(request)?;
+        reply(&self.raft.install_snapshot(rpc).await)
+    }
+
+    async fn propose(&self, request: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
+        let command: Command = self.open(request)?;
+        let result: Result<CommandResponse, EtcdError> = match self.raft.client_write(command).await
+        {
+            Ok(written) => Ok(written.data),
+            // Leadership moved while the request travelled: the client retries.
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(EtcdError::LeaderChanged)
+            }
+            Err(e) => Err(super::write_error(&e)),
+        };
+        reply(&result)
+    }
+
+    async fn read_index(
+        &self,
+        request: Request<PeerRequest>,
+    ) -> Result<Response<PeerReply>, Status> {
+        let () = self.open(request)?;
+        let result: Result<Option<LogId>, EtcdError> = self
+            .raft
+            .ensure_linearizable()
+            .await
+            .map_err(|e| super::read_error(&e));
+        reply(&result)
+    }
+}
