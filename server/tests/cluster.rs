@@ -1,0 +1,308 @@
+//! Three-member clusters on loopback: any member serves any request, and
+//! kill -9 of the leader under write load loses no acknowledged write.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::free_port;
+use etcd_client::{Client, GetOptions};
+use tempfile::TempDir;
+use tokio::sync::Notify;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const RPC_TIMEOUT: Duration = Duration::from_secs(15);
+
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    data_dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Member {
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+}
+
+/// A cluster of `ballast` processes bootstrapped with etcd's flags.
+struct Cluster {
+    members: Vec<Member>,
+    initial_cluster: String,
+    _dir: TempDir,
+}
+
+impl Cluster {
+    async fn start(size: usize) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let members: Vec<Member> = (1..=size)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                data_dir: dir.path().join(format!("m{i}")),
+                log: dir.path().join(format!("m{i}.log")),
+                child: None,
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Self {
+            members,
+            initial_cluster,
+            _dir: dir,
+        };
+        for i in 0..size {
+            cluster.spawn(i);
+        }
+        for i in 0..size {
+            cluster.client(i).await;
+        }
+        cluster
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let member = &self.members[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&member.log)
+            .expect("member log");
+        let peer_url = format!("http://127.0.0.1:{}", member.peer_port);
+        let child = Command::new(env!("CARGO_BIN_EXE_ballast"))
+            .args(["--name", &member.name])
+            .arg("--data-dir")
+            .arg(&member.data_dir)
+            .args(["--listen-client-urls", &member.endpoint()])
+            .args(["--advertise-client-urls", &member.endpoint()])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn ballast");
+        self.members[i].child = Some(child);
+    }
+
+    fn kill9(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| {
+                let text = std::fs::read_to_string(&m.log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                format!(
+                    "--- {} ---\n{}",
+                    m.name,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// A client of member `i`, once it answers Status (it opens its client
+    /// port only when it can serve).
+    async fn client(&self, i: usize) -> Client {
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(mut client) = Client::connect([self.members[i].endpoint()], None).await
+                && client.status().await.is_ok()
+            {
+                return client;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "member {i} not serving after {READY_TIMEOUT:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The index of the member that reports itself as leader.
+    async fn leader(&self) -> usize {
+        for i in 0..self.members.len() {
+            if self.members[i].child.is_none() {
+                continue;
+            }
+            let status = self.client(i).await.status().await.expect("status");
+            if status.leader() == status.header().expect("header").member_id() {
+                return i;
+            }
+        }
+        panic!("no member reports itself leader\n{}", self.logs());
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill9(i);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn any_member_serves_reads_and_writes() {
+    let cluster = Cluster::start(3).await;
+    for i in 0..3 {
+        let mut client = cluster.client(i).await;
+        client
+            .put(format!("via/{i}"), format!("member {i}"), None)
+            .await
+            .expect("put through any member");
+    }
+    let mut leaders = 0;
+    for i in 0..3 {
+        let mut client = cluster.client(i).await;
+        let got = client
+            .get("via/", Some(GetOptions::new().with_prefix()))
+            .await
+            .expect("linearizable get on any member");
+        let values: Vec<&str> = got.kvs().iter().map(|kv| kv.value_str().unwrap()).collect();
+        assert_eq!(values, ["member 0", "member 1", "member 2"], "member {i}");
+        let status = client.status().await.expect("status");
+        if status.leader() == status.header().unwrap().member_id() {
+            leaders += 1;
+        }
+        let members = client.member_list().await.expect("member list");
+        assert_eq!(members.members().len(), 3);
+        for member in members.members() {
+            assert_eq!(
+                member.client_urls().len(),
+                1,
+                "client URLs published: {member:?}"
+            );
+        }
+    }
+    assert_eq!(leaders, 1, "exactly one member leads");
+}
+
+const WRITERS: usize = 24;
+const ACKS_BEFORE_KILL: usize = 500;
+const ACKS_AFTER_KILL: usize = 500;
+
+struct Progress {
+    acked: AtomicUsize,
+    reached: Notify,
+    target: AtomicUsize,
+    stop: AtomicBool,
+}
+
+async fn writer(mut client: Client, id: usize, progress: Arc<Progress>) -> Vec<String> {
+    let mut acked = Vec::new();
+    let mut i = 0;
+    while !progress.stop.load(Ordering::SeqCst) {
+        let key = format!("load/{id:02}/{i:06}");
+        i += 1;
+        let put = client.put(key.as_str(), key.as_str(), None);
+        // A put that fails or times out is not acknowledged; keep going, as
+        // a client would, so that writes continue after the failover.
+        if let Ok(Ok(_)) = tokio::time::timeout(RPC_TIMEOUT, put).await {
+            acked.push(key);
+            let total = progress.acked.fetch_add(1, Ordering::SeqCst) + 1;
+            if total == progress.target.load(Ordering::SeqCst) {
+                progress.reached.notify_one();
+            }
+        }
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_kill9_under_load_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let progress = Arc::new(Progress {
+        acked: AtomicUsize::new(0),
+        reached: Notify::new(),
+        target: AtomicUsize::new(ACKS_BEFORE_KILL),
+        stop: AtomicBool::new(false),
+    });
+    // Writers talk to the followers, which forward to whoever leads.
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let mut tasks = Vec::new();
+    for id in 0..WRITERS {
+        let client = cluster.client(followers[id % followers.len()]).await;
+        tasks.push(tokio::spawn(writer(client, id, progress.clone())));
+    }
+    let wait = |progress: Arc<Progress>| async move {
+        tokio::time::timeout(Duration::from_secs(120), progress.reached.notified()).await
+    };
+    assert!(
+        wait(progress.clone()).await.is_ok(),
+        "writes did not start\n{}",
+        cluster.logs()
+    );
+
+    let before_kill = progress.acked.load(Ordering::SeqCst);
+    progress
+        .target
+        .store(before_kill + ACKS_AFTER_KILL, Ordering::SeqCst);
+    cluster.kill9(leader);
+    assert!(
+        wait(progress.clone()).await.is_ok(),
+        "writes did not continue after the leader was killed\n{}",
+        cluster.logs()
+    );
+    progress.stop.store(true, Ordering::SeqCst);
+    let mut acked: BTreeMap<String, ()> = BTreeMap::new();
+    for task in tasks {
+        for key in task.await.expect("writer") {
+            acked.insert(key, ());
+        }
+    }
+
+    cluster.spawn(leader);
+    for i in 0..3 {
+        let mut client = cluster.client(i).await;
+        let got = client
+            .get("load/", Some(GetOptions::new().with_prefix()))
+            .await
+            .expect("read everything back");
+        let present: BTreeMap<String, String> = got
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    kv.key_str().unwrap().to_string(),
+                    kv.value_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let missing: Vec<&String> = acked.keys().filter(|k| !present.contains_key(*k)).collect();
+        assert!(
+            missing.is_empty(),
+            "member {i} lacks {} of {} acknowledged writes, e.g. {:?}",
+            missing.len(),
+            acked.len(),
+            &missing[..missing.len().min(5)]
+        );
+        for (key, value) in &present {
+            assert_eq!(key, value, "member {i} holds a value nobody wrote");
+        }
+    }
+    println!(
+        "leader failover: {} writes acknowledged ({before_kill} before the kill), all present on every member",
+        acked.len()
+    );
+}
