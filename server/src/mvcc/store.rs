@@ -6,6 +6,7 @@
 //! batch and writes it to sled as one atomic batch on commit.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use ballast_proto::etcdserverpb::request_op::Request;
@@ -66,6 +67,10 @@ pub struct Store {
     db: StateDb,
     state: RwLock<State>,
     feed: broadcast::Sender<Changes>,
+    /// The revision of the last committed batch, readable without the lock
+    /// (every response header carries it). Set after the batch is in the
+    /// feed, so whoever reads R finds every change up to R there.
+    committed_revision: AtomicI64,
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
@@ -87,6 +92,7 @@ impl Store {
         let state = load_state(&db)?;
         Ok(Self {
             db,
+            committed_revision: AtomicI64::new(state.revision),
             state: RwLock::new(state),
             feed: broadcast::channel(CHANGE_FEED_CAPACITY).0,
         })
@@ -103,6 +109,8 @@ impl Store {
         let mut state = self.state.write().expect("store lock poisoned");
         self.db.import(pairs)?;
         *state = load_state(&self.db)?;
+        self.committed_revision
+            .store(state.revision, Ordering::Release);
         Ok(())
     }
 
@@ -111,7 +119,7 @@ impl Store {
     }
 
     pub fn revision(&self) -> i64 {
-        self.read().revision
+        self.committed_revision.load(Ordering::Acquire)
     }
 
     pub fn compact_revision(&self) -> i64 {
@@ -177,6 +185,7 @@ impl Store {
     /// Starts applying a batch of write requests; readers wait until it ends.
     pub fn applier(&self) -> Applier<'_> {
         Applier {
+            committed_revision: &self.committed_revision,
             feed: &self.feed,
             events: Vec::new(),
             db: &self.db,
@@ -249,6 +258,7 @@ impl ReadView for StateView<'_> {
 /// Applies write requests with etcd's semantics; see [`Store::applier`].
 /// Each request either fails with nothing changed or takes one revision.
 pub struct Applier<'a> {
+    committed_revision: &'a AtomicI64,
     feed: &'a broadcast::Sender<Changes>,
     /// The batch's changes, published once committed.
     events: Vec<Event>,
@@ -293,6 +303,8 @@ impl Applier<'_> {
             // No subscriber is not an error: nobody watches.
             let _ = self.feed.send(Arc::new(std::mem::take(&mut self.events)));
         }
+        self.committed_revision
+            .store(self.state.revision, Ordering::Release);
         Ok(())
     }
 
