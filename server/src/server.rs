@@ -21,7 +21,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         node.store(),
         WatchConfig {
             progress_notify_interval: config.watch_progress_notify_interval(),
-            max_response_bytes: limits.max_request_bytes,
+            max_response_bytes: limits.max_request_bytes + api::GRPC_OVERHEAD_BYTES,
         },
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -22,7 +22,7 @@ use crate::raft::RaftNode;
 use crate::watch::WatchHub;
 
 /// gRPC itself refuses messages this much over `--max-request-bytes`, as etcd does.
-const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 /// Fills response headers the way etcd's `header.fill` does.
 #[derive(Clone)]

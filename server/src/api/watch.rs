@@ -40,7 +40,8 @@ impl Watch for WatchService {
         let header = self.header.clone();
         let responses = ReceiverStream::new(responses).map(move |response| {
             response.map(|mut response| {
-                header.fill(&mut response.header);
+                // The hub sets every revision itself; a compaction cancel has none, as in etcd.
+                header.fill_without_revision(&mut response.header);
                 response
             })
         });

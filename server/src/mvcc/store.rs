@@ -56,10 +56,10 @@ struct State {
     compact_revision: i64,
 }
 
-/// The changes of one applied batch, in revision order, as watch events.
+/// The changes of one revision, as watch events in sub-revision order.
 pub type Changes = Arc<Vec<Event>>;
 
-/// Batches kept for subscribers that fall behind; one further behind lags
+/// Revisions kept for subscribers that fall behind; one further behind lags
 /// and catches up from storage.
 const CHANGE_FEED_CAPACITY: usize = 1024;
 
@@ -299,9 +299,12 @@ impl Applier<'_> {
         let revision = self.state.revision.to_be_bytes();
         self.batch.put_meta(META_REVISION, &revision);
         self.db.apply(std::mem::take(&mut self.batch))?;
-        if !self.events.is_empty() {
+        // One message per revision, so that the feed's capacity bounds how
+        // many revisions a slow subscriber may fall behind before it lags.
+        let events = std::mem::take(&mut self.events);
+        for revision in events.chunk_by(|a, b| event_revision(a) == event_revision(b)) {
             // No subscriber is not an error: nobody watches.
-            let _ = self.feed.send(Arc::new(std::mem::take(&mut self.events)));
+            let _ = self.feed.send(Arc::new(revision.to_vec()));
         }
         self.committed_revision
             .store(self.state.revision, Ordering::Release);
@@ -511,6 +514,10 @@ impl Applier<'_> {
         self.events.push(row_event(row.clone()));
         self.pending.insert(row.rev, row);
     }
+}
+
+fn event_revision(event: &Event) -> i64 {
+    event.kv.as_ref().map_or(0, |kv| kv.mod_revision)
 }
 
 fn row_event(row: Row) -> Event {

@@ -228,7 +228,7 @@ impl WatchStream {
             let ids: Vec<i64> = self
                 .watchers
                 .values()
-                .filter(|w| w.next_rev > synced_from && w.next_rev <= rev)
+                .filter(|w| w.is_active() && w.next_rev > synced_from && w.next_rev <= rev)
                 .map(|w| w.id)
                 .collect();
             for id in ids {
@@ -249,7 +249,7 @@ impl WatchStream {
             let Some(from) = self
                 .watchers
                 .values()
-                .filter(|w| w.next_rev <= self.seen_rev)
+                .filter(|w| w.is_active() && w.next_rev <= self.seen_rev)
                 .map(|w| w.next_rev)
                 .min()
             else {
@@ -258,7 +258,7 @@ impl WatchStream {
             let behind = self
                 .watchers
                 .values()
-                .filter(|w| w.next_rev <= self.seen_rev)
+                .filter(|w| w.is_active() && w.next_rev <= self.seen_rev)
                 .count() as i64;
             self.counters
                 .catching_up
@@ -285,7 +285,7 @@ impl WatchStream {
         let ids: Vec<i64> = self
             .watchers
             .values()
-            .filter(|w| w.next_rev <= to)
+            .filter(|w| w.is_active() && w.next_rev <= to)
             .map(|w| w.id)
             .collect();
         for id in ids {
@@ -303,21 +303,24 @@ impl WatchStream {
         Ok(())
     }
 
-    /// A watcher whose next revision was compacted is told so and dropped,
-    /// as etcd does (`compact_revision` set, canceled).
+    /// A watcher whose next revision was compacted is told so and gets
+    /// nothing more, as etcd does (`compact_revision` set, canceled, and a
+    /// header without a revision); its id stays taken until the client
+    /// cancels it.
     async fn cancel_compacted(&mut self) -> Result<(), Gone> {
         let compacted = self.store.compact_revision();
         let ids: Vec<i64> = self
             .watchers
             .values()
-            .filter(|w| w.next_rev < compacted)
+            .filter(|w| w.is_active() && w.next_rev < compacted)
             .map(|w| w.id)
             .collect();
-        let revision = self.store.revision();
         for id in ids {
-            self.remove(id);
+            if let Some(watcher) = self.watchers.get_mut(&id) {
+                watcher.compacted = true;
+            }
             self.send(WatchResponse {
-                header: header(revision),
+                header: header(0),
                 watch_id: id,
                 canceled: true,
                 compact_revision: compacted,
@@ -379,7 +382,7 @@ impl WatchStream {
             || self
                 .watchers
                 .values()
-                .any(|w| w.next_rev != self.seen_rev + 1)
+                .any(|w| w.is_active() && w.next_rev != self.seen_rev + 1)
         {
             return Ok(());
         }
@@ -413,7 +416,12 @@ impl WatchStream {
         let due: Vec<i64> = self
             .watchers
             .values()
-            .filter(|w| w.progress_notify && !w.had_events && w.next_rev == self.seen_rev + 1)
+            .filter(|w| {
+                w.is_active()
+                    && w.progress_notify
+                    && !w.had_events
+                    && w.next_rev == self.seen_rev + 1
+            })
             .map(|w| w.id)
             .collect();
         for watcher in self.watchers.values_mut() {

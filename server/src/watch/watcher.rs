@@ -22,6 +22,9 @@ pub struct Watcher {
     pub next_rev: i64,
     /// Whether it was sent events since the last periodic progress notification.
     pub had_events: bool,
+    /// Cancelled because its next revision was compacted away. It gets nothing
+    /// more, but keeps its id until the client cancels it, as in etcd.
+    pub compacted: bool,
 }
 
 impl Watcher {
@@ -38,7 +41,13 @@ impl Watcher {
             fragment: req.fragment,
             next_rev: start_rev,
             had_events: false,
+            compacted: false,
         }
+    }
+
+    /// Whether it still receives events.
+    pub fn is_active(&self) -> bool {
+        !self.compacted
     }
 
     pub fn range(&self) -> KeyRange<'_> {

@@ -88,18 +88,27 @@ pub struct ServerProcess {
     child: Option<Child>,
     /// Number of times the process was started; names the log files.
     starts: u32,
+    /// Flags appended after the standard ones (e.g. `--max-request-bytes=…`).
+    extra_args: Vec<String>,
 }
 
 impl ServerProcess {
     /// Starts a server of `kind` with a fresh data dir in a fresh tempdir and
     /// waits until it is ready.
     pub async fn start(kind: Kind) -> Self {
+        Self::start_with_args(kind, &[]).await
+    }
+
+    /// Like [`ServerProcess::start`], with `extra_args` appended to the
+    /// standard flags (kept for restarts).
+    pub async fn start_with_args(kind: Kind, extra_args: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix(&format!("{}-test-", kind.label()))
             .tempdir()
             .expect("create tempdir");
         let data_dir = dir.path().join("data");
-        Self::launch(kind, dir, data_dir, free_port(), free_port()).await
+        let extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+        Self::launch(kind, dir, data_dir, free_port(), free_port(), extra_args).await
     }
 
     /// Starts a server of `kind` on an existing data dir (which it may have
@@ -109,7 +118,15 @@ impl ServerProcess {
             .prefix(&format!("{}-test-", kind.label()))
             .tempdir()
             .expect("create tempdir");
-        Self::launch(kind, dir, data_dir.to_path_buf(), client_port, peer_port).await
+        Self::launch(
+            kind,
+            dir,
+            data_dir.to_path_buf(),
+            client_port,
+            peer_port,
+            Vec::new(),
+        )
+        .await
     }
 
     async fn launch(
@@ -118,6 +135,7 @@ impl ServerProcess {
         data_dir: PathBuf,
         client_port: u16,
         peer_port: u16,
+        extra_args: Vec<String>,
     ) -> Self {
         let mut p = ServerProcess {
             kind,
@@ -128,6 +146,7 @@ impl ServerProcess {
             peer_port,
             child: None,
             starts: 0,
+            extra_args,
         };
         p.spawn();
         p.wait_ready().await;
@@ -188,7 +207,7 @@ impl ServerProcess {
     fn args(&self) -> Vec<String> {
         let client = self.endpoint();
         let peer = self.peer_url();
-        vec![
+        let mut args: Vec<String> = vec![
             "--name".into(),
             self.name.clone(),
             "--data-dir".into(),
@@ -203,7 +222,9 @@ impl ServerProcess {
             peer.clone(),
             "--initial-cluster".into(),
             format!("{}={}", self.name, peer),
-        ]
+        ];
+        args.extend(self.extra_args.iter().cloned());
+        args
     }
 
     fn stderr_path(&self, start: u32) -> PathBuf {
@@ -372,6 +393,13 @@ impl ServerProcess {
         MaintenanceClient::new(self.channel().await)
     }
 
+    /// A raw Watch client (ballast-proto's tonic client).
+    pub async fn watch_client(
+        &self,
+    ) -> ballast_proto::etcdserverpb::watch_client::WatchClient<tonic::transport::Channel> {
+        ballast_proto::etcdserverpb::watch_client::WatchClient::new(self.channel().await)
+    }
+
     pub async fn cluster_client(
         &self,
     ) -> ballast_proto::etcdserverpb::cluster_client::ClusterClient<tonic::transport::Channel> {
@@ -507,6 +535,11 @@ impl Ballast {
         Ballast(ServerProcess::start(Kind::Ballast).await)
     }
 
+    /// Fresh data dir, with `extra_args` appended to the standard flags.
+    pub async fn start_with_args(extra_args: &[&str]) -> Self {
+        Ballast(ServerProcess::start_with_args(Kind::Ballast, extra_args).await)
+    }
+
     /// On an existing data dir (created earlier with these ports).
     pub async fn start_on(data_dir: &Path, client_port: u16, peer_port: u16) -> Self {
         Ballast(ServerProcess::start_on(Kind::Ballast, data_dir, client_port, peer_port).await)
@@ -533,6 +566,11 @@ impl Etcd {
     /// Fresh data dir in a fresh tempdir; waits until ready.
     pub async fn start() -> Self {
         Etcd(ServerProcess::start(Kind::Etcd).await)
+    }
+
+    /// Fresh data dir, with `extra_args` appended to the standard flags.
+    pub async fn start_with_args(extra_args: &[&str]) -> Self {
+        Etcd(ServerProcess::start_with_args(Kind::Etcd, extra_args).await)
     }
 
     pub async fn start_on(data_dir: &Path, client_port: u16, peer_port: u16) -> Self {
