@@ -1,0 +1,343 @@
+#!/usr/bin/env bash
+# Ballast side by side with etcd 3.4 on this machine, written to
+# docs/BENCHMARKS.md.
+#
+# Starts a real etcd (Debian's etcd-server) and a release build of Ballast,
+# each a single member on free loopback ports, with their data dirs side by
+# side in one directory (so on one filesystem) and fsync on (etcd's default;
+# Ballast always syncs its log). Every workload runs against etcd, then
+# Ballast, round after round; the tables give medians over the rounds. Peak
+# RSS is each server's VmHWM at the end of the run.
+#
+# Totals and other knobs are environment variables (defaults below), e.g.
+#   BENCH_ROUNDS=5 BENCH_PUT100_TOTAL=200000 benches/compare.sh
+# BENCH_OUT=path writes the report elsewhere; BENCH_KEEP=1 keeps the data
+# dirs and server logs (their directory is printed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+COMMAND="benches/compare.sh${*:+ $*}"
+
+ROUNDS=${BENCH_ROUNDS:-3}
+VAL_SIZE=${BENCH_VAL_SIZE:-256}
+# Keys the put workloads draw from.
+PUT_KEYS=${BENCH_PUT_KEYS:-100000}
+# Keys written before the range and txn-mixed runs, then read or updated.
+READ_KEYS=${BENCH_READ_KEYS:-1000}
+PUT1_TOTAL=${BENCH_PUT1_TOTAL:-15000}
+PUT100_TOTAL=${BENCH_PUT100_TOTAL:-120000}
+RANGE_TOTAL=${BENCH_RANGE_TOTAL:-120000}
+TXN_MIXED_TOTAL=${BENCH_TXN_MIXED_TOTAL:-30000}
+# A hang guard per run, not a measurement limit.
+RUN_TIMEOUT=${BENCH_RUN_TIMEOUT:-600}
+OUT=${BENCH_OUT:-docs/BENCHMARKS.md}
+
+ETCD=/usr/bin/etcd
+ETCDCTL=/usr/bin/etcdctl
+
+# ---------------------------------------------------------------- setup
+
+missing=()
+[ -x "$ETCD" ] || missing+=(etcd-server)
+[ -x "$ETCDCTL" ] || missing+=(etcd-client)
+command -v jq >/dev/null || missing+=(jq)
+if ((${#missing[@]})); then
+    echo "installing ${missing[*]}"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    $sudo apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}"
+fi
+
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+cargo build --release -p ballast-server -p ballast-bench
+BALLAST="$ROOT/target/release/ballast"
+BENCH="$ROOT/target/release/ballast-bench"
+
+WORK=$(mktemp -d "$ROOT/target/compare.XXXXXX")
+RESULTS="$WORK/results.jsonl"
+: >"$RESULTS"
+declare -A PID=() ENDPOINT=() RSS_KIB=()
+USED_PORTS=" "
+
+cleanup() {
+    for name in "${!PID[@]}"; do
+        kill -TERM "${PID[$name]}" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+    if [ "${BENCH_KEEP:-0}" = 1 ]; then
+        echo "data dirs and logs kept in $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+
+# Sets PORT to a loopback port nothing listens on and this script has not
+# handed out (not run in a subshell, so that USED_PORTS remembers it).
+free_port() {
+    while :; do
+        PORT=$((20000 + RANDOM % 40000))
+        [[ $USED_PORTS == *" $PORT "* ]] && continue
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+            USED_PORTS+="$PORT "
+            return
+        fi
+    done
+}
+
+# start_server NAME BINARY: one member named NAME with etcd's flags (Ballast
+# takes the same), data in $WORK/NAME; waits until it reports a leader.
+start_server() {
+    local name=$1 binary=$2 client peer dir
+    free_port
+    client=$PORT
+    free_port
+    peer=$PORT
+    dir="$WORK/$name"
+    mkdir -p "$dir"
+    # ETCD_* variables would configure either server behind our back.
+    env $(env | grep -o '^ETCD_[A-Z_]*' | sed 's/^/-u /') \
+        "$binary" --name "$name" --data-dir "$dir/data" \
+        --listen-client-urls "http://127.0.0.1:$client" \
+        --advertise-client-urls "http://127.0.0.1:$client" \
+        --listen-peer-urls "http://127.0.0.1:$peer" \
+        --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+        --initial-cluster "$name=http://127.0.0.1:$peer" \
+        >"$dir/server.log" 2>&1 &
+    PID[$name]=$!
+    ENDPOINT[$name]="127.0.0.1:$client"
+    local leader deadline=$((SECONDS + 30))
+    while :; do
+        if ! kill -0 "${PID[$name]}" 2>/dev/null; then
+            echo "$name exited at start; its log:" >&2
+            tail -n 40 "$dir/server.log" >&2
+            exit 1
+        fi
+        leader=$(ETCDCTL_API=3 "$ETCDCTL" --endpoints "${ENDPOINT[$name]}" --dial-timeout 1s \
+            endpoint status -w json 2>/dev/null | jq -r '.[0].Status.leader // 0' 2>/dev/null || true)
+        [ -n "$leader" ] && [ "$leader" != 0 ] && break
+        if ((SECONDS > deadline)); then
+            echo "$name not ready after 30 s; its log:" >&2
+            tail -n 40 "$dir/server.log" >&2
+            exit 1
+        fi
+        sleep 0.2
+    done
+    echo "$name: pid ${PID[$name]}, ${ENDPOINT[$name]}, data in $dir/data"
+}
+
+# Peak resident set size in KiB, while the process still runs.
+peak_rss_kib() {
+    awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"
+}
+
+stop_server() {
+    local name=$1
+    RSS_KIB[$name]=$(peak_rss_kib "${PID[$name]}")
+    kill -TERM "${PID[$name]}"
+    wait "${PID[$name]}" 2>/dev/null || true
+    unset "PID[$name]"
+}
+
+# ------------------------------------------------------------- workloads
+# label|description|ballast-bench arguments. Adding a workload is one line.
+WORKLOADS=(
+    "put-1|put, 1 client|--clients 1 --conns 1 --total $PUT1_TOTAL --key-space-size $PUT_KEYS put"
+    "put-100|put, 100 clients over 10 conns|--clients 100 --conns 10 --total $PUT100_TOTAL --key-space-size $PUT_KEYS put"
+    "range-l-100|linearizable range of 1 key, 100 clients over 10 conns|--clients 100 --conns 10 --total $RANGE_TOTAL --key-space-size $READ_KEYS range --consistency l"
+    "range-s-100|serializable range of 1 key, 100 clients over 10 conns|--clients 100 --conns 10 --total $RANGE_TOTAL --key-space-size $READ_KEYS range --consistency s"
+    "txn-mixed-100|read + txn(mod_revision compare, put), 100 clients over 10 conns|--clients 100 --conns 10 --total $TXN_MIXED_TOTAL --key-space-size $READ_KEYS txn-mixed"
+)
+TARGETS=(etcd ballast)
+
+run_workload() {
+    local target=$1 round=$2 label=$3 args=$4 line
+    # shellcheck disable=SC2086 # $args is a list of flags
+    line=$(timeout "$RUN_TIMEOUT" "$BENCH" --endpoints "${ENDPOINT[$target]}" \
+        --val-size "$VAL_SIZE" --json $args)
+    jq -c --arg t "$target" --arg l "$label" --argjson r "$round" \
+        '. + {"target": $t, "label": $l, "round": $r}' <<<"$line" >>"$RESULTS"
+    jq -r '"  \(.target) \(.label) round \(.round): \(.requests_per_sec | floor) req/s, p50 \(.latency_ms.p50) ms, p99 \(.latency_ms.p99) ms, \(.errors) errors"' <<<"$(tail -n 1 "$RESULTS")"
+}
+
+# ------------------------------------------------------- 1-member topology
+
+started=$(date -u +%s)
+# Anything else running skews both servers; the report shows it.
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+start_server etcd "$ETCD"
+start_server ballast "$BALLAST"
+for round in $(seq 1 "$ROUNDS"); do
+    echo "round $round of $ROUNDS"
+    for workload in "${WORKLOADS[@]}"; do
+        IFS='|' read -r label _ args <<<"$workload"
+        for target in "${TARGETS[@]}"; do
+            run_workload "$target" "$round" "$label" "$args"
+        done
+    done
+done
+stop_server etcd
+stop_server ballast
+elapsed=$(($(date -u +%s) - started))
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ------------------------------------------------------- 3-member topology
+# Not measured yet. It goes here: the same rounds against three members of
+# each on loopback, with the results labelled by topology.
+
+# --------------------------------- 1M keys: on-disk size and restart time
+# Not measured yet: goes here, loading 1,000,000 keys of 256 bytes into a
+# fresh member of each, then du of the data dir and the time from restart
+# to the first answered Range.
+
+# ---------------------------------------------------------------- report
+
+# median over the rounds of one field for one target and workload.
+median() {
+    jq -s --arg t "$1" --arg l "$2" "
+        [.[] | select(.target == \$t and .label == \$l) | $3] | sort |
+        if length == 0 then null
+        elif length % 2 == 1 then .[length / 2 | floor]
+        else (.[length / 2 - 1] + .[length / 2]) / 2 end" "$RESULTS"
+}
+
+ratio() {
+    jq -rn --argjson a "$1" --argjson b "$2" \
+        'if $a == null or $b == null or $b == 0 then "n/a" else ($a / $b * 100 | round / 100) end'
+}
+
+fmt() {
+    jq -rn --argjson v "$1" --argjson digits "$2" \
+        'if $v == null then "n/a" else ($v * pow(10; $digits) | round / pow(10; $digits)) end'
+}
+
+mib() {
+    jq -n --argjson kib "$1" '$kib / 1024 | . * 10 | round / 10'
+}
+
+disk_device=$(df --output=source "$WORK" | tail -n 1)
+fs_type=$(df --output=fstype "$WORK" | tail -n 1)
+disk_facts=$(lsblk -dno MODEL,SIZE,ROTA "$disk_device" 2>/dev/null |
+    awk '{ rota = $NF; $NF = ""; print $0 (rota == 1 ? "rotational" : "non-rotational") " as the kernel reports it" }' || true)
+# The knobs that change what is measured (not where the report goes).
+overrides=$(env | grep '^BENCH_' | grep -v '^BENCH_\(OUT\|KEEP\)=' | sort | tr '\n' ' ' || true)
+if ballast_revision=$(git rev-parse --short HEAD 2>/dev/null); then
+    git diff --quiet HEAD -- . || ballast_revision+=" with uncommitted changes"
+else
+    ballast_revision="not a git checkout"
+fi
+
+mkdir -p "$(dirname "$OUT")"
+{
+    echo "# Benchmarks"
+    echo
+    echo "Written by \`benches/compare.sh\`; rerun it rather than editing this page."
+    echo "Every figure is a median over $ROUNDS rounds in which each workload ran"
+    echo "against etcd, then Ballast, in turn."
+    echo
+    echo "## Ballast / etcd"
+    echo
+    echo "Single member each, fsync on, same filesystem. Throughput above 1 and"
+    echo "latency or memory below 1 favour Ballast."
+    echo
+    echo "| workload | throughput | p50 latency | p99 latency |"
+    echo "| --- | --- | --- | --- |"
+    for workload in "${WORKLOADS[@]}"; do
+        IFS='|' read -r label description _ <<<"$workload"
+        row="| $label: $description"
+        for field in .requests_per_sec .latency_ms.p50 .latency_ms.p99; do
+            row+=" | $(ratio "$(median ballast "$label" "$field")" "$(median etcd "$label" "$field")")"
+        done
+        echo "$row |"
+    done
+    echo
+    echo "Peak RSS (VmHWM over the whole run), Ballast / etcd: $(ratio "${RSS_KIB[ballast]}" "${RSS_KIB[etcd]}")"
+    echo "(etcd $(mib "${RSS_KIB[etcd]}") MiB, Ballast $(mib "${RSS_KIB[ballast]}") MiB)."
+    echo
+    echo "## Absolute numbers"
+    echo
+    echo "Requests per second and latency in milliseconds; errors summed over the rounds."
+    echo
+    echo "| workload | server | req/s | p50 | p90 | p99 | p99.9 | max | errors |"
+    echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    for workload in "${WORKLOADS[@]}"; do
+        IFS='|' read -r label _ _ <<<"$workload"
+        for target in "${TARGETS[@]}"; do
+            row="| $label | $target | $(fmt "$(median "$target" "$label" .requests_per_sec)" 0)"
+            for q in p50 p90 p99 '"p99.9"' max; do
+                row+=" | $(fmt "$(median "$target" "$label" ".latency_ms.$q")" 2)"
+            done
+            errors=$(jq -s --arg t "$target" --arg l "$label" \
+                '[.[] | select(.target == $t and .label == $l) | .errors] | add' "$RESULTS")
+            echo "$row | $errors |"
+        done
+    done
+    echo
+    echo "Throughput per round (req/s), to show the spread:"
+    echo
+    header="| workload | server |"
+    rule="| --- | --- |"
+    for round in $(seq 1 "$ROUNDS"); do
+        header+=" round $round |"
+        rule+=" --- |"
+    done
+    echo "$header"
+    echo "$rule"
+    for workload in "${WORKLOADS[@]}"; do
+        IFS='|' read -r label _ _ <<<"$workload"
+        for target in "${TARGETS[@]}"; do
+            jq -rs --arg t "$target" --arg l "$label" \
+                '"| \($l) | \($t) | " + ([.[] | select(.target == $t and .label == $l) | .requests_per_sec | floor | tostring] | join(" | ")) + " |"' \
+                "$RESULTS"
+        done
+    done
+    notes=$(jq -rs '[.[] | select(.notes != {}) | "\(.target) \(.label) round \(.round): " + (.notes | to_entries | map("\(.value) \(.key)") | join(", "))] | .[]' "$RESULTS")
+    errors=$(jq -rs '[.[] | select(.errors_by_message != {}) | "\(.target) \(.label) round \(.round): " + (.errors_by_message | to_entries | map("\(.value) × \(.key)") | join(", "))] | .[]' "$RESULTS")
+    if [ -n "$notes$errors" ]; then
+        echo
+        echo "Notes and errors reported by ballast-bench:"
+        echo
+        printf '%s\n' "$notes" "$errors" | sed '/^$/d; s/^/- /'
+    fi
+    echo
+    echo "## Not measured yet"
+    echo
+    echo "- 3-member clusters on loopback."
+    echo "- On-disk size after loading 1,000,000 keys of 256 bytes, and restart-to-serving time with them."
+    echo "- Watch (put-to-event latency, fan-out) and lease keep-alive: ballast-bench has no such workloads yet."
+    echo "- An SVG chart of the ratios."
+    echo
+    echo "## How it was run"
+    echo
+    echo "\`\`\`"
+    echo "${overrides}${COMMAND}"
+    echo "\`\`\`"
+    echo
+    echo "Each run is \`ballast-bench --endpoints <server> --val-size $VAL_SIZE --json <workload flags>\`"
+    echo "with these workload flags:"
+    echo
+    for workload in "${WORKLOADS[@]}"; do
+        IFS='|' read -r label _ args <<<"$workload"
+        echo "- $label: \`$args\`"
+    done
+    echo
+    echo "The range and txn-mixed runs first write their $READ_KEYS keys (not timed)."
+    echo "Both servers run with their default flags, and keep their data from one"
+    echo "run to the next. The whole run took $elapsed s of measuring."
+    echo
+    echo "## Machine"
+    echo
+    echo "| | |"
+    echo "| --- | --- |"
+    echo "| date (UTC) | $(date -u '+%Y-%m-%d %H:%M') |"
+    echo "| CPU | $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -n 1) |"
+    echo "| memory | $(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) |"
+    echo "| kernel | $(uname -sr) |"
+    echo "| load average (1, 5, 15 min) | $load_before before, $load_after after the run |"
+    echo "| disk | $disk_device ($fs_type), ${disk_facts:-unknown model} |"
+    echo "| rustc | $(rustc --version) |"
+    echo "| etcd | $("$ETCD" --version | head -n 1 | sed 's/^etcd Version: //') ($("$ETCD" --version | sed -n 's/^Go Version: //p')) |"
+    echo "| Ballast | $ballast_revision |"
+} >"$OUT"
+echo "wrote $OUT"
