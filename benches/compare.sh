@@ -28,6 +28,12 @@ PUT1_TOTAL=${BENCH_PUT1_TOTAL:-15000}
 PUT100_TOTAL=${BENCH_PUT100_TOTAL:-120000}
 RANGE_TOTAL=${BENCH_RANGE_TOTAL:-120000}
 TXN_MIXED_TOTAL=${BENCH_TXN_MIXED_TOTAL:-30000}
+# Put-then-wait-for-its-event operations, 10 clients each with its own watch stream.
+WATCH_LATENCY_TOTAL=${BENCH_WATCH_LATENCY_TOTAL:-5000}
+# Puts under the prefix the fan-out watchers watch; each is delivered to every watcher.
+WATCH_FANOUT_TOTAL=${BENCH_WATCH_FANOUT_TOTAL:-3000}
+WATCH_FANOUT_WATCHERS=${BENCH_WATCH_FANOUT_WATCHERS:-1000}
+WATCH_FANOUT_STREAMS=${BENCH_WATCH_FANOUT_STREAMS:-10}
 # A hang guard per run, not a measurement limit.
 RUN_TIMEOUT=${BENCH_RUN_TIMEOUT:-600}
 OUT=${BENCH_OUT:-docs/BENCHMARKS.md}
@@ -148,7 +154,14 @@ WORKLOADS=(
     "range-l-100|linearizable range of 1 key, 100 clients over 10 conns|--clients 100 --conns 10 --total $RANGE_TOTAL --key-space-size $READ_KEYS range --consistency l"
     "range-s-100|serializable range of 1 key, 100 clients over 10 conns|--clients 100 --conns 10 --total $RANGE_TOTAL --key-space-size $READ_KEYS range --consistency s"
     "txn-mixed-100|read + txn(mod_revision compare, put), 100 clients over 10 conns|--clients 100 --conns 10 --total $TXN_MIXED_TOTAL --key-space-size $READ_KEYS txn-mixed"
+    "watch-latency-10|put, then its event on the client's own watch stream (latency: put sent to event received), 10 clients over 10 conns|--clients 10 --conns 10 --total $WATCH_LATENCY_TOTAL --key-space-size $PUT_KEYS watch-latency"
+    "watch-fanout-$WATCH_FANOUT_WATCHERS|$WATCH_FANOUT_WATCHERS watchers of one prefix over $WATCH_FANOUT_STREAMS streams, 10 put clients over 10 conns (throughput: events delivered/s, first put to last event; latency: the puts')|--clients 10 --conns 10 --total $WATCH_FANOUT_TOTAL --key-space-size $PUT_KEYS watch-fanout --watchers $WATCH_FANOUT_WATCHERS --streams $WATCH_FANOUT_STREAMS"
 )
+# The field a workload's throughput is, when not requests per second.
+declare -A THROUGHPUT=(["watch-fanout-$WATCH_FANOUT_WATCHERS"]=.events_per_sec)
+throughput_field() {
+    echo "${THROUGHPUT[$1]:-.requests_per_sec}"
+}
 TARGETS=(etcd ballast)
 
 run_workload() {
@@ -158,7 +171,8 @@ run_workload() {
         --val-size "$VAL_SIZE" --json $args)
     jq -c --arg t "$target" --arg l "$label" --argjson r "$round" \
         '. + {"target": $t, "label": $l, "round": $r}' <<<"$line" >>"$RESULTS"
-    jq -r '"  \(.target) \(.label) round \(.round): \(.requests_per_sec | floor) req/s, p50 \(.latency_ms.p50) ms, p99 \(.latency_ms.p99) ms, \(.errors) errors"' <<<"$(tail -n 1 "$RESULTS")"
+    jq -r '"  \(.target) \(.label) round \(.round): \(.requests_per_sec | floor) req/s, p50 \(.latency_ms.p50) ms, p99 \(.latency_ms.p99) ms, \(.errors) errors" +
+        if .events_per_sec == null then "" else ", \(.events_per_sec | floor) events/s (\(.events_delivered) of \(.events_expected))" end' <<<"$(tail -n 1 "$RESULTS")"
 }
 
 # ------------------------------------------------------- 1-member topology
@@ -246,7 +260,7 @@ mkdir -p "$(dirname "$OUT")"
     for workload in "${WORKLOADS[@]}"; do
         IFS='|' read -r label description _ <<<"$workload"
         row="| $label: $description"
-        for field in .requests_per_sec .latency_ms.p50 .latency_ms.p99; do
+        for field in "$(throughput_field "$label")" .latency_ms.p50 .latency_ms.p99; do
             row+=" | $(ratio "$(median ballast "$label" "$field")" "$(median etcd "$label" "$field")")"
         done
         echo "$row |"
@@ -274,7 +288,26 @@ mkdir -p "$(dirname "$OUT")"
         done
     done
     echo
-    echo "Throughput per round (req/s), to show the spread:"
+    echo "Watch fan-out: events delivered to the watchers per second, from the first put"
+    echo "sent to the last event received (every watcher receives every put's event);"
+    echo "events summed over the rounds, the rest medians."
+    echo
+    echo "| workload | server | events/s | events delivered | events expected | seconds |"
+    echo "| --- | --- | --- | --- | --- | --- |"
+    for workload in "${WORKLOADS[@]}"; do
+        IFS='|' read -r label _ _ <<<"$workload"
+        [ "$(throughput_field "$label")" = .events_per_sec ] || continue
+        for target in "${TARGETS[@]}"; do
+            row="| $label | $target | $(fmt "$(median "$target" "$label" .events_per_sec)" 0)"
+            for field in .events_delivered .events_expected; do
+                row+=" | $(jq -s --arg t "$target" --arg l "$label" \
+                    "[.[] | select(.target == \$t and .label == \$l) | $field] | add" "$RESULTS")"
+            done
+            echo "$row | $(fmt "$(median "$target" "$label" .fanout_duration_secs)" 2) |"
+        done
+    done
+    echo
+    echo "Throughput per round (req/s; events/s for watch fan-out), to show the spread:"
     echo
     header="| workload | server |"
     rule="| --- | --- |"
@@ -288,7 +321,7 @@ mkdir -p "$(dirname "$OUT")"
         IFS='|' read -r label _ _ <<<"$workload"
         for target in "${TARGETS[@]}"; do
             jq -rs --arg t "$target" --arg l "$label" \
-                '"| \($l) | \($t) | " + ([.[] | select(.target == $t and .label == $l) | .requests_per_sec | floor | tostring] | join(" | ")) + " |"' \
+                "\"| \\(\$l) | \\(\$t) | \" + ([.[] | select(.target == \$t and .label == \$l) | $(throughput_field "$label") | floor | tostring] | join(\" | \")) + \" |\"" \
                 "$RESULTS"
         done
     done
@@ -305,7 +338,7 @@ mkdir -p "$(dirname "$OUT")"
     echo
     echo "- 3-member clusters on loopback."
     echo "- On-disk size after loading 1,000,000 keys of 256 bytes, and restart-to-serving time with them."
-    echo "- Watch (put-to-event latency, fan-out) and lease keep-alive: ballast-bench has no such workloads yet."
+    echo "- Lease keep-alive: ballast-bench has no such workload yet."
     echo "- An SVG chart of the ratios."
     echo
     echo "## How it was run"
@@ -323,6 +356,9 @@ mkdir -p "$(dirname "$OUT")"
     done
     echo
     echo "The range and txn-mixed runs first write their $READ_KEYS keys (not timed)."
+    echo "The watch runs open their watch streams and wait for every watcher's \`created\`"
+    echo "before the clock starts; the fan-out run then waits, after its last put, until"
+    echo "every watcher received every event."
     echo "Both servers run with their default flags, and keep their data from one"
     echo "run to the next. The whole run took $elapsed s of measuring."
     echo

@@ -24,6 +24,8 @@ use workload::put::Put;
 use workload::range::{Range, RangeArgs};
 use workload::txn_mixed::{TxnMixed, TxnMixedArgs};
 use workload::txn_put::{TxnPut, TxnPutArgs};
+use workload::watch_fanout::{WatchFanout, WatchFanoutArgs};
+use workload::watch_latency::WatchLatency;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -49,6 +51,10 @@ enum Command {
     TxnPut(TxnPutArgs),
     /// kube-apiserver's update: Range, then Txn(If ModRevision(k) == rev Then Put Else Range).
     TxnMixed(TxnMixedArgs),
+    /// Put-to-event latency: each client puts under its own watched prefix and waits for the event.
+    WatchLatency,
+    /// Puts under one prefix that --watchers watchers watch; also reports events delivered per second.
+    WatchFanout(WatchFanoutArgs),
 }
 
 #[tokio::main]
@@ -63,6 +69,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Range(args) => bench(Range::new(args, keys, value), &options).await,
         Command::TxnPut(args) => bench(TxnPut::new(args, keys, value)?, &options).await,
         Command::TxnMixed(args) => bench(TxnMixed::new(args, keys, value), &options).await,
+        Command::WatchLatency => bench(WatchLatency::new(keys, value), &options).await,
+        Command::WatchFanout(args) => bench(WatchFanout::new(args, keys, value)?, &options).await,
     }
 }
 

@@ -29,6 +29,20 @@ pub struct Report {
     pub errors_by_message: BTreeMap<String, u64>,
     /// Successful operations the workload flagged (e.g. txn compares that failed).
     pub notes: BTreeMap<String, u64>,
+    /// Event delivery to watchers (watch-fanout only).
+    #[serde(flatten)]
+    pub fanout: Option<FanoutReport>,
+}
+
+/// Events delivered to watchers, from the first put sent to the last event received.
+#[derive(Debug, Serialize)]
+pub struct FanoutReport {
+    pub watchers: u64,
+    pub events_delivered: u64,
+    /// Successful puts times watchers.
+    pub events_expected: u64,
+    pub fanout_duration_secs: f64,
+    pub events_per_sec: f64,
 }
 
 /// Latency of successful operations, in milliseconds; all zero if none succeeded.
@@ -91,6 +105,20 @@ impl Report {
             latency_ms: latency,
             errors_by_message: measurement.errors.clone(),
             notes: measurement.notes.clone(),
+            fanout: measurement.fanout.map(|f| {
+                let secs = f.elapsed.as_secs_f64();
+                FanoutReport {
+                    watchers: f.watchers,
+                    events_delivered: f.events_delivered,
+                    events_expected: f.events_expected,
+                    fanout_duration_secs: secs,
+                    events_per_sec: if secs > 0.0 {
+                        f.events_delivered as f64 / secs
+                    } else {
+                        0.0
+                    },
+                }
+            }),
         }
     }
 
@@ -128,6 +156,20 @@ impl Report {
             ("max", l.max),
         ] {
             let _ = writeln!(out, "  {name:<6} {value:>10.3}");
+        }
+        if let Some(f) = &self.fanout {
+            let _ = writeln!(out, "Fan-out ({} watchers):", f.watchers);
+            let _ = writeln!(
+                out,
+                "  Events:       {} of {} delivered",
+                f.events_delivered, f.events_expected
+            );
+            let _ = writeln!(
+                out,
+                "  Duration:     {:.4} s (first put to last event)",
+                f.fanout_duration_secs
+            );
+            let _ = writeln!(out, "  Events/sec:   {:.1}", f.events_per_sec);
         }
         if !self.notes.is_empty() {
             let _ = writeln!(out, "Notes:");

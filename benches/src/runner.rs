@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tonic::transport::Channel;
 
 use crate::options::{Limit, Options};
-use crate::workload::{Outcome, Workload};
+use crate::workload::{Fanout, Outcome, Workload};
 
 /// Latencies are recorded in microseconds, from 1 µs to an hour, to three
 /// significant digits.
@@ -33,6 +33,8 @@ pub struct Measurement {
     pub notes: BTreeMap<String, u64>,
     /// From the first request sent to the last response received.
     pub elapsed: Duration,
+    /// Event delivery to watchers, for the workloads that measure it.
+    pub fanout: Option<Fanout>,
 }
 
 impl Measurement {
@@ -139,11 +141,13 @@ pub async fn run<W: Workload>(
     // Awaiting the aborted task makes sure the bar is cleared before the report.
     progress.abort();
     let _ = progress.await;
+    let fanout = workload.finish().await.context("finishing the workload")?;
     Ok(Measurement {
         latency,
         errors,
         notes,
         elapsed,
+        fanout,
     })
 }
 
