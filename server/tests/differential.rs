@@ -27,6 +27,7 @@ use ballast_proto::etcdserverpb::{
 };
 use ballast_proto::mvccpb::KeyValue;
 use bytes::Bytes;
+use common::cluster::Cluster;
 use common::{Ballast, Etcd, RPC_TIMEOUT, prefix_end};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -731,9 +732,50 @@ async fn differential_against_etcd() {
     println!("differential: seed {seed} (set BALLAST_DIFF_SEED={seed} to reproduce), {n_ops} ops");
 
     let (etcd, ballast) = tokio::join!(Etcd::start(), Ballast::start());
-    let mut etcd_kv = etcd.kv_client().await;
-    let mut ballast_kv = ballast.kv_client().await;
+    run(
+        seed,
+        n_ops,
+        etcd.kv_client().await,
+        ballast.kv_client().await,
+        false,
+    )
+    .await;
+}
 
+/// The same operations through a follower of a three-member cluster: the
+/// follower forwards writes and linearizable reads to the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn differential_against_etcd_through_a_follower() {
+    let seed = seed_from_env();
+    let n_ops = ops_from_env();
+    println!("differential through a follower: seed {seed}, {n_ops} ops");
+    let (etcd, cluster) = tokio::join!(Etcd::start(), Cluster::start(3));
+    let follower = (cluster.leader().await + 1) % 3;
+    let channel = tonic::transport::Endpoint::from_shared(cluster.members[follower].endpoint())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect to the follower");
+    run(
+        seed,
+        n_ops,
+        etcd.kv_client().await,
+        KvClient::new(channel),
+        true,
+    )
+    .await;
+}
+
+/// Runs the seeded operations against both. `follower`: Ballast is reached
+/// through a follower, whose serializable reads may lag the leader by design;
+/// a linearizable read first makes it catch up, so that the comparison stays exact.
+async fn run(
+    seed: u64,
+    n_ops: usize,
+    mut etcd_kv: KvClient<Channel>,
+    mut ballast_kv: KvClient<Channel>,
+    follower: bool,
+) {
     let mut g = Gen::new(seed);
     // (op kind, outcome summary) -> count, to show what the run covered.
     let mut stats: BTreeMap<(String, String), usize> = BTreeMap::new();
@@ -741,6 +783,17 @@ async fn differential_against_etcd() {
 
     for i in 0..n_ops {
         let op = g.gen_op();
+        if follower && matches!(&op, Op::Range(r) if r.serializable) {
+            let barrier = RangeRequest {
+                key: Bytes::from_static(b"\0"),
+                limit: 1,
+                ..Default::default()
+            };
+            ballast_kv
+                .range(barrier)
+                .await
+                .expect("linearizable barrier read");
+        }
         let (e, b) = tokio::join!(
             execute("etcd", &mut etcd_kv, &op),
             execute("ballast", &mut ballast_kv, &op)
@@ -790,6 +843,4 @@ async fn differential_against_etcd() {
         g.rev, g.compact_rev
     );
     println!("differential: {n_ops} ops, 0 mismatches, seed {seed}");
-    drop(etcd);
-    drop(ballast);
 }

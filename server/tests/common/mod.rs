@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::collections::HashSet;
 use std::fs::File;
 use std::net::TcpListener;
