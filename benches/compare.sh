@@ -43,17 +43,7 @@ ETCDCTL=/usr/bin/etcdctl
 
 # ---------------------------------------------------------------- setup
 
-missing=()
-[ -x "$ETCD" ] || missing+=(etcd-server)
-[ -x "$ETCDCTL" ] || missing+=(etcd-client)
-command -v jq >/dev/null || missing+=(jq)
-if ((${#missing[@]})); then
-    echo "installing ${missing[*]}"
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo=sudo
-    $sudo apt-get update -q
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}"
-fi
+"$ROOT/scripts/install-packages.sh" etcd=etcd-server etcdctl=etcd-client jq=jq
 
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 cargo build --release -p ballast-server -p ballast-bench

@@ -6,17 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-missing=()
-command -v etcd >/dev/null || missing+=(etcd-server)
-command -v etcdctl >/dev/null || missing+=(etcd-client)
-command -v protoc >/dev/null || missing+=(protobuf-compiler)
-if ((${#missing[@]})); then
-    echo "installing ${missing[*]}"
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo=sudo
-    $sudo apt-get update -q
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}"
-fi
+./scripts/install-packages.sh etcd=etcd-server etcdctl=etcd-client protoc=protobuf-compiler
 
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
