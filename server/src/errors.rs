@@ -39,6 +39,28 @@ pub enum EtcdError {
     Timeout,
     #[error("etcdserver: server stopped")]
     Stopped,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("etcdserver: given member URLs are invalid")]
+    InvalidPeerUrls,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStartedMembers,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
 }
 
 /// Watch cancel reasons, sent in `cancel_reason` rather than as a status.
@@ -52,8 +74,20 @@ impl EtcdError {
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
             | InvalidSortOption | RequestTooLarge => Code::InvalidArgument,
             Compacted | FutureRevision => Code::OutOfRange,
-            LeaseNotFound => Code::NotFound,
-            NoLeader | LeaderChanged | Timeout | Stopped => Code::Unavailable,
+            LeaseNotFound | MemberNotFound => Code::NotFound,
+            NoLeader | LeaderChanged | Timeout | Stopped | NotSupportedForLearner => {
+                Code::Unavailable
+            }
+            // etcd has no gRPC mapping for it, so clients see its raw text as Unknown.
+            LeaderTransferTimeout => Code::Unknown,
+            InvalidPeerUrls => Code::InvalidArgument,
+            PeerUrlExists
+            | NotEnoughStartedMembers
+            | MemberNotLearner
+            | LearnerNotReady
+            | TooManyLearners
+            | NotLeader
+            | BadLeaderTransferee => Code::FailedPrecondition,
         }
     }
 }

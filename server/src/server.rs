@@ -41,13 +41,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }),
         ));
     }
-    shutdown_signal().await;
+    let removed = tokio::select! {
+        () = shutdown_signal() => false,
+        () = node.removed() => true,
+    };
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     for server in servers {
         server.await??;
     }
     node.shutdown().await;
+    if removed {
+        anyhow::bail!("the member has been permanently removed from the cluster");
+    }
     Ok(())
 }
 

@@ -36,6 +36,9 @@ impl Kv for KvService {
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
         let request = request.into_inner();
+        if !request.serializable {
+            self.node.refuse_if_learner()?;
+        }
         validate::check_range(&request)?;
         let mut response = self.node.range(request).await?;
         self.header.fill(&mut response.header);
@@ -43,6 +46,7 @@ impl Kv for KvService {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        self.node.refuse_if_learner()?;
         let request = request.into_inner();
         validate::check_put(&request)?;
         self.limits.check_size(&request)?;
@@ -55,6 +59,7 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        self.node.refuse_if_learner()?;
         let request = request.into_inner();
         validate::check_delete(&request)?;
         self.limits.check_size(&request)?;
@@ -64,6 +69,7 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        self.node.refuse_if_learner()?;
         let request = request.into_inner();
         validate::check_txn(&request, self.limits.max_txn_ops)?;
         validate::check_intervals(&request.success)?;
@@ -78,6 +84,7 @@ impl Kv for KvService {
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        self.node.refuse_if_learner()?;
         let mut response = self.node.compact(request.into_inner()).await?;
         self.header.fill(&mut response.header);
         Ok(Response::new(response))

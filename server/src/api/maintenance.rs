@@ -1,9 +1,11 @@
-//! The Maintenance service: Status now; the rest answers `Unimplemented`.
+//! The Maintenance service: Status and MoveLeader; the rest answers `Unimplemented`.
 
 use std::sync::Arc;
 
 use ballast_proto::etcdserverpb::maintenance_server::Maintenance;
-use ballast_proto::etcdserverpb::{StatusRequest, StatusResponse};
+use ballast_proto::etcdserverpb::{
+    MoveLeaderRequest, MoveLeaderResponse, StatusRequest, StatusResponse,
+};
 use tonic::{Request, Response, Status};
 
 use super::Header;
@@ -37,8 +39,21 @@ impl Maintenance for MaintenanceService {
             raft_index: status.last_index,
             raft_term: status.term,
             raft_applied_index: status.applied_index,
+            is_learner: self.node.is_learner(),
             ..Default::default()
         };
+        self.header.fill(&mut response.header);
+        Ok(Response::new(response))
+    }
+
+    async fn move_leader(
+        &self,
+        request: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.node
+            .move_leader(request.into_inner().target_id)
+            .await?;
+        let mut response = MoveLeaderResponse::default();
         self.header.fill(&mut response.header);
         Ok(Response::new(response))
     }

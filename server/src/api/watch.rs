@@ -35,6 +35,7 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
+        self.header.node.refuse_if_learner()?;
         let (out, responses) = mpsc::channel(RESPONSE_BUFFER);
         self.hub.serve(request.into_inner(), out);
         let header = self.header.clone();

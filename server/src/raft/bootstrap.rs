@@ -15,6 +15,8 @@ use crate::config::url_list;
 pub struct Identity {
     pub member_id: u64,
     pub cluster_id: u64,
+    /// The membership a new cluster starts with; empty for a member that
+    /// joined an existing cluster, which must never initialise one.
     pub initial_members: BTreeMap<u64, Member>,
 }
 
@@ -80,6 +82,59 @@ pub fn identity(name: &str, initial_cluster: &str, token: &str) -> anyhow::Resul
         cluster_id: cluster_id(initial_members.keys().copied()),
         initial_members,
     })
+}
+
+/// Joins an existing cluster (`--initial-cluster-state existing`): asks the
+/// other members listed in `--initial-cluster` for the cluster, and finds
+/// this member in it by its advertised peer URLs, as etcd does after
+/// `member add`.
+pub async fn join(
+    initial_cluster: &str,
+    advertise_peer_urls: &[String],
+    timeout: std::time::Duration,
+) -> anyhow::Result<Identity> {
+    let mut own_urls = advertise_peer_urls.to_vec();
+    own_urls.sort();
+    let mut last_error = None;
+    for item in url_list(initial_cluster) {
+        let Some((_, url)) = item.split_once('=') else {
+            anyhow::bail!("--initial-cluster entry {item:?} is not name=url");
+        };
+        if own_urls.iter().any(|own| own == url) {
+            continue;
+        }
+        let info =
+            match super::network::PeerNetwork::cluster_info(&[url.to_string()], timeout).await {
+                Ok(info) => info,
+                Err(e) => {
+                    last_error = Some(format!("{url}: {}", e.message()));
+                    continue;
+                }
+            };
+        let member_id = info
+            .members
+            .iter()
+            .find(|(_, member)| {
+                let mut urls = member.peer_urls.clone();
+                urls.sort();
+                urls == own_urls
+            })
+            .map(|(id, _)| *id)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no member of the existing cluster has peer URLs {own_urls:?}; add it with `etcdctl member add` first"
+                )
+            })?;
+        return Ok(Identity {
+            member_id,
+            cluster_id: info.cluster_id,
+            initial_members: BTreeMap::new(),
+        });
+    }
+    anyhow::bail!(
+        "could not get the existing cluster from any peer in --initial-cluster ({})",
+        last_error.unwrap_or_else(|| "no other member listed".to_string())
+    )
 }
 
 #[cfg(test)]

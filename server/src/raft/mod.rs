@@ -4,6 +4,7 @@
 
 mod bootstrap;
 mod log_store;
+mod membership;
 mod network;
 mod peer_service;
 mod proposer;
@@ -23,15 +24,17 @@ use openraft::{RaftMetrics, SnapshotPolicy};
 
 pub use bootstrap::Identity;
 pub use log_store::LogStore;
+pub use membership::{MemberChange, MemberChanged, MemberInfo};
 pub use state_machine::StateMachine;
 pub use types::{Member, Raft, TypeConfig};
 
 use ballast_proto::ballastraftpb::raft_server::RaftServer;
+use membership::Membership;
 use network::PeerNetwork;
 use peer_service::PeerService;
 use proposer::Submitter;
 use tonic::transport::server::TcpIncoming;
-use types::Command;
+use types::{Attributes, Command};
 
 use crate::config::{Config, host_port, url_list};
 use crate::errors::EtcdError;
@@ -41,6 +44,8 @@ use proposer::Proposer;
 use read_barrier::ReadBarrier;
 
 const META_IDENTITY: &str = "identity";
+/// Attempts at finding a leader for a membership change.
+const LEADER_ATTEMPTS: usize = 3;
 
 /// Status figures for Maintenance.Status.
 #[derive(Debug, Clone, Copy)]
@@ -60,6 +65,7 @@ pub struct RaftNode {
     proposer: Proposer,
     reads: ReadBarrier,
     submitter: Submitter,
+    membership: Membership,
     identity: Identity,
     stop_peers: tokio::sync::watch::Sender<bool>,
     peer_server:
@@ -70,6 +76,7 @@ pub struct RaftNode {
 async fn serve_peers(
     config: &Config,
     raft: &Raft,
+    membership: &Membership,
     identity: &Identity,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>> {
@@ -80,6 +87,7 @@ async fn serve_peers(
     let listener = tokio::net::TcpListener::bind(host_port(url)?).await?;
     let service = RaftServer::new(PeerService::new(
         raft.clone(),
+        membership.clone(),
         identity.member_id,
         identity.cluster_id,
     ))
@@ -124,11 +132,20 @@ impl RaftNode {
         let identity = match store.db().meta(META_IDENTITY)? {
             Some(bytes) => postcard::from_bytes(&bytes)?,
             None => {
-                let identity = bootstrap::identity(
-                    &config.name,
-                    &config.initial_cluster(),
-                    &config.initial_cluster_token,
-                )?;
+                let identity = if config.initial_cluster_state == "existing" {
+                    bootstrap::join(
+                        &config.initial_cluster(),
+                        &url_list(&config.initial_advertise_peer_urls),
+                        Duration::from_millis(config.election_timeout * 5),
+                    )
+                    .await?
+                } else {
+                    bootstrap::identity(
+                        &config.name,
+                        &config.initial_cluster(),
+                        &config.initial_cluster_token,
+                    )?
+                };
                 let mut batch = StateBatch::default();
                 batch.put_meta(META_IDENTITY, &postcard::to_stdvec(&identity)?);
                 store.db().apply(batch)?;
@@ -158,9 +175,17 @@ impl RaftNode {
             state_machine,
         )
         .await?;
+        let membership = Membership::new(
+            raft.clone(),
+            store.clone(),
+            peers.clone(),
+            identity.member_id,
+            identity.cluster_id,
+            Duration::from_millis(config.election_timeout),
+        );
         let (stop_peers, peers_stopped) = tokio::sync::watch::channel(false);
-        let peer_server = serve_peers(config, &raft, &identity, peers_stopped).await?;
-        if !raft.is_initialized().await? {
+        let peer_server = serve_peers(config, &raft, &membership, &identity, peers_stopped).await?;
+        if !identity.initial_members.is_empty() && !raft.is_initialized().await? {
             match raft.initialize(identity.initial_members.clone()).await {
                 Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
                 Err(e) => return Err(e.into()),
@@ -175,6 +200,7 @@ impl RaftNode {
             proposer: Proposer::start(raft.clone(), submitter.peers.clone(), submitter.leader_wait),
             reads: ReadBarrier::start(submitter.clone()),
             submitter,
+            membership,
             raft,
             store,
             identity,
@@ -182,23 +208,26 @@ impl RaftNode {
             peer_server: std::sync::Mutex::new(Some(peer_server)),
         };
         node.wait_until_serving().await?;
-        node.publish_client_urls(url_list(&config.advertise_client_urls))
-            .await?;
+        node.publish_attributes(Attributes {
+            name: config.name.clone(),
+            client_urls: url_list(&config.advertise_client_urls),
+        })
+        .await?;
         Ok(node)
     }
 
-    /// Announces this member's client URLs through Raft, as etcd publishes
-    /// its attributes, unless the cluster already has them.
-    async fn publish_client_urls(&self, client_urls: Vec<String>) -> anyhow::Result<()> {
+    /// Announces this member's name and client URLs through Raft, as etcd
+    /// publishes its attributes, unless the cluster already has them.
+    async fn publish_attributes(&self, attributes: Attributes) -> anyhow::Result<()> {
         let store = self.store.clone();
         let known =
-            tokio::task::spawn_blocking(move || state_machine::client_urls(&store)).await??;
-        if known.get(&self.identity.member_id) == Some(&client_urls) {
+            tokio::task::spawn_blocking(move || state_machine::attributes(&store)).await??;
+        if known.get(&self.identity.member_id) == Some(&attributes) {
             return Ok(());
         }
-        let command = Command::PublishClientUrls {
+        let command = Command::PublishAttributes {
             member_id: self.identity.member_id,
-            client_urls,
+            attributes,
         };
         self.submitter.submit(command).await?;
         Ok(())
@@ -250,22 +279,73 @@ impl RaftNode {
         }
     }
 
-    /// Every member with its id and published client URLs, as the
-    /// replicated state has them.
-    pub fn members(&self) -> Vec<(u64, Member, Vec<String>)> {
-        let mut client_urls = state_machine::client_urls(&self.store).unwrap_or_default();
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        m.membership_config
-            .nodes()
-            .map(|(id, member)| {
-                (
-                    *id,
-                    member.clone(),
-                    client_urls.remove(id).unwrap_or_default(),
-                )
-            })
-            .collect()
+    /// Every member with what it published, as the replicated state has them.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        self.membership.list()
+    }
+
+    pub fn is_learner(&self) -> bool {
+        self.membership.is_learner()
+    }
+
+    /// A learner serves Status and serializable ranges only, as in etcd.
+    pub fn refuse_if_learner(&self) -> Result<(), EtcdError> {
+        if self.is_learner() {
+            return Err(EtcdError::NotSupportedForLearner);
+        }
+        Ok(())
+    }
+
+    /// Carries out a membership change on the leader, forwarding it there
+    /// from a follower.
+    pub async fn change_members(&self, change: MemberChange) -> Result<MemberChanged, EtcdError> {
+        for _ in 0..LEADER_ATTEMPTS {
+            let (leader, member) = {
+                let metrics = self.raft.metrics();
+                let m = metrics.borrow();
+                let leader = m.current_leader;
+                let member =
+                    leader.and_then(|id| m.membership_config.membership().get_node(&id).cloned());
+                (leader, member)
+            };
+            match (leader, member) {
+                (Some(leader), _) if leader == self.identity.member_id => {
+                    return self.membership.change(change).await;
+                }
+                (Some(leader), Some(member)) => {
+                    match self
+                        .submitter
+                        .peers
+                        .peer(leader, &member)
+                        .change_members(&change)
+                        .await
+                    {
+                        Ok(changed) => return Ok(changed),
+                        Err(network::Forwarded::Failed(error)) => return Err(error),
+                        Err(network::Forwarded::NotSent) => {
+                            self.submitter.wait_for_leader_other_than(leader).await
+                        }
+                    }
+                }
+                _ => self.submitter.wait_for_leader().await,
+            }
+        }
+        Err(EtcdError::NoLeader)
+    }
+
+    /// Returns once this member has applied everything committed before the call.
+    pub async fn read_barrier(&self) -> Result<(), EtcdError> {
+        self.reads.wait().await
+    }
+
+    /// Hands leadership to `target`; only the leader may.
+    pub async fn move_leader(&self, target: u64) -> Result<(), EtcdError> {
+        self.membership.move_leader(target).await
+    }
+
+    /// Resolves once this member has been removed from the cluster.
+    pub async fn removed(&self) {
+        self.membership.removed().await
     }
 
     pub async fn put(&self, request: PutRequest) -> Result<PutResponse, EtcdError> {

@@ -18,7 +18,10 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
+
+use super::membership::{ClusterInfo, MemberChange, MemberChanged, Notice};
 
 use super::types::{Command, CommandResponse, LogId, Member, TypeConfig};
 use crate::errors::EtcdError;
@@ -33,13 +36,17 @@ type RpcResult<T, E = RaftError<u64>> = Result<T, RPCError<u64, Member, E>>;
 #[derive(Clone)]
 pub struct PeerNetwork {
     cluster_id: u64,
-    channels: Arc<Mutex<HashMap<u64, Channel>>>,
+    /// One channel per member and peer URL (MemberUpdate may change the URL).
+    channels: Arc<Mutex<HashMap<(u64, String), Channel>>>,
+    /// While true, the leader sends no AppendEntries (leader transfer).
+    replication_held: Arc<watch::Sender<bool>>,
 }
 
 pub struct Peer {
     target: u64,
     cluster_id: u64,
     client: Option<RaftClient<Channel>>,
+    replication_held: watch::Receiver<bool>,
 }
 
 /// Why a request forwarded to the leader got no result.
@@ -68,7 +75,43 @@ impl PeerNetwork {
         Self {
             cluster_id,
             channels: Arc::default(),
+            replication_held: Arc::new(watch::channel(false).0),
         }
+    }
+
+    pub fn hold_replication(&self, held: bool) {
+        self.replication_held.send_replace(held);
+    }
+
+    /// Asks whichever member serves on `peer_urls` for the cluster it belongs to.
+    pub async fn cluster_info(
+        peer_urls: &[String],
+        timeout: Duration,
+    ) -> Result<ClusterInfo, tonic::Status> {
+        let url = peer_urls
+            .first()
+            .ok_or_else(|| tonic::Status::invalid_argument("member has no peer URL"))?;
+        let call = async {
+            let channel = Endpoint::from_shared(url.clone())
+                .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+                .connect_timeout(timeout)
+                .connect()
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let request = PeerRequest {
+                target_member_id: 0,
+                cluster_id: 0,
+                payload: postcard::to_stdvec(&())
+                    .expect("peer messages encode")
+                    .into(),
+            };
+            let reply = RaftClient::new(channel).cluster_info(request).await?;
+            postcard::from_bytes(&reply.into_inner().payload)
+                .map_err(|e| tonic::Status::internal(e.to_string()))
+        };
+        tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| tonic::Status::deadline_exceeded("no answer from peer"))?
     }
 
     pub fn peer(&self, target: u64, member: &Member) -> Peer {
@@ -81,21 +124,24 @@ impl PeerNetwork {
             target,
             cluster_id: self.cluster_id,
             client,
+            replication_held: self.replication_held.subscribe(),
         }
     }
 
     fn channel(&self, target: u64, member: &Member) -> Option<Channel> {
+        let url = member.peer_urls.first()?;
         let mut channels = self.channels.lock().expect("peer channel lock poisoned");
-        if let Some(channel) = channels.get(&target) {
+        let key = (target, url.clone());
+        if let Some(channel) = channels.get(&key) {
             return Some(channel.clone());
         }
-        let url = member.peer_urls.first()?;
         let channel = Endpoint::from_shared(url.clone())
             .ok()?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .connect_lazy();
-        channels.insert(target, channel.clone());
+        channels.retain(|(id, _), _| *id != target);
+        channels.insert(key, channel.clone());
         Some(channel)
     }
 }
@@ -177,6 +223,41 @@ impl Peer {
         }
     }
 
+    /// Asks the leader to carry out a membership change.
+    pub async fn change_members(&self, change: &MemberChange) -> Result<MemberChanged, Forwarded> {
+        let request = self.request(change);
+        let call = async {
+            let reply = self
+                .client()?
+                .change_members(request)
+                .await
+                .map_err(Self::status_error)?;
+            Self::decode::<Result<MemberChanged, EtcdError>>(reply)
+        };
+        match tokio::time::timeout(FORWARD_TIMEOUT, call).await {
+            Ok(Ok(result)) => result.map_err(Forwarded::Failed),
+            Ok(Err(CallError::Unreachable(status))) if is_connect_error(&status) => {
+                Err(Forwarded::NotSent)
+            }
+            Ok(Err(_)) => Err(Forwarded::Failed(EtcdError::LeaderChanged)),
+            Err(_) => Err(Forwarded::Failed(EtcdError::Timeout)),
+        }
+    }
+
+    /// Tells the member something about itself; best effort.
+    pub async fn notify(&self, notice: &Notice) -> Result<(), tonic::Status> {
+        let request = self.request(notice);
+        let client = self.client.clone();
+        let call = async move {
+            let mut client =
+                client.ok_or_else(|| tonic::Status::unavailable("member has no peer URL"))?;
+            client.notify(request).await.map(|_| ())
+        };
+        tokio::time::timeout(FORWARD_TIMEOUT, call)
+            .await
+            .map_err(|_| tonic::Status::deadline_exceeded("no answer from peer"))?
+    }
+
     async fn raft_call<Req, Resp, E>(
         &mut self,
         message: &Req,
@@ -232,6 +313,13 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>> {
+        if *self.replication_held.borrow() {
+            let mut held = self.replication_held.clone();
+            let _ = tokio::time::timeout(option.hard_ttl(), held.wait_for(|held| !*held)).await;
+            return Err(RPCError::Network(NetworkError::new(
+                &std::io::Error::other("replication held for a leader transfer"),
+            )));
+        }
         self.raft_call(&rpc, &option, async |mut client, request| {
             client.append_entries(request).await
         })

@@ -10,19 +10,22 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
 
+use super::membership::{MemberChange, MemberChanged, Membership, Notice};
 use super::types::{Command, CommandResponse, LogId, Raft, TypeConfig};
 use crate::errors::EtcdError;
 
 pub struct PeerService {
     raft: Raft,
+    membership: Membership,
     member_id: u64,
     cluster_id: u64,
 }
 
 impl PeerService {
-    pub fn new(raft: Raft, member_id: u64, cluster_id: u64) -> Self {
+    pub fn new(raft: Raft, membership: Membership, member_id: u64, cluster_id: u64) -> Self {
         Self {
             raft,
+            membership,
             member_id,
             cluster_id,
         }
@@ -95,5 +98,27 @@ impl PeerRaft for PeerService {
             .await
             .map_err(|e| super::read_error(&e));
         reply(&result)
+    }
+
+    async fn change_members(
+        &self,
+        request: Request<PeerRequest>,
+    ) -> Result<Response<PeerReply>, Status> {
+        let change: MemberChange = self.open(request)?;
+        let result: Result<MemberChanged, EtcdError> = self.membership.change(change).await;
+        reply(&result)
+    }
+
+    async fn cluster_info(
+        &self,
+        _request: Request<PeerRequest>,
+    ) -> Result<Response<PeerReply>, Status> {
+        reply(&self.membership.cluster_info())
+    }
+
+    async fn notify(&self, request: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
+        let notice: Notice = self.open(request)?;
+        self.membership.notice(notice);
+        reply(&())
     }
 }

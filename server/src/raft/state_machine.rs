@@ -16,8 +16,8 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 
 use super::types::{
-    Command, CommandResponse, Entry, LogId, Member, StorageError, StoredMembership, TypeConfig,
-    io_error,
+    Attributes, Command, CommandResponse, Entry, LogId, Member, StorageError, StoredMembership,
+    TypeConfig, io_error,
 };
 use crate::mvcc::Store;
 use crate::storage::db::meta_in_export;
@@ -25,11 +25,11 @@ use crate::storage::wal::StateFile;
 
 const META_APPLIED: &str = "applied";
 const META_MEMBERSHIP: &str = "membership";
-const META_CLIENT_URLS: &str = "client_urls";
+const META_ATTRIBUTES: &str = "attributes";
 
-/// The client URLs each member published.
-pub fn client_urls(store: &Store) -> std::io::Result<BTreeMap<u64, Vec<String>>> {
-    Ok(read_meta(store, META_CLIENT_URLS)?.unwrap_or_default())
+/// The name and client URLs each member published.
+pub fn attributes(store: &Store) -> std::io::Result<BTreeMap<u64, Attributes>> {
+    Ok(read_meta(store, META_ATTRIBUTES)?.unwrap_or_default())
 }
 
 fn sm_error(verb: ErrorVerb) -> impl Fn(std::io::Error) -> StorageError {
@@ -95,8 +95,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let store = self.store.clone();
         let mut membership = self.membership.clone();
         let (responses, membership) = tokio::task::spawn_blocking(move || {
-            let mut client_urls_by_member = client_urls(&store)?;
-            let mut client_urls_changed = false;
+            let mut attributes_by_member = attributes(&store)?;
+            let mut attributes_changed = false;
             let mut applier = store.applier();
             let mut responses = Vec::with_capacity(entries.len());
             for entry in entries {
@@ -105,12 +105,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Normal(Command::Writes(requests)) => CommandResponse {
                         results: requests.iter().map(|req| applier.execute(req)).collect(),
                     },
-                    EntryPayload::Normal(Command::PublishClientUrls {
+                    EntryPayload::Normal(Command::PublishAttributes {
                         member_id,
-                        client_urls,
+                        attributes,
                     }) => {
-                        client_urls_by_member.insert(member_id, client_urls);
-                        client_urls_changed = true;
+                        attributes_by_member.insert(member_id, attributes);
+                        attributes_changed = true;
                         CommandResponse::default()
                     }
                     EntryPayload::Membership(config) => {
@@ -124,10 +124,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let members = postcard::to_stdvec(&membership).map_err(std::io::Error::other)?;
             applier.put_meta(META_APPLIED, &applied);
             applier.put_meta(META_MEMBERSHIP, &members);
-            if client_urls_changed {
-                let urls =
-                    postcard::to_stdvec(&client_urls_by_member).map_err(std::io::Error::other)?;
-                applier.put_meta(META_CLIENT_URLS, &urls);
+            if attributes_changed {
+                let published =
+                    postcard::to_stdvec(&attributes_by_member).map_err(std::io::Error::other)?;
+                applier.put_meta(META_ATTRIBUTES, &published);
             }
             applier.commit()?;
             Ok::<_, std::io::Error>((responses, membership))

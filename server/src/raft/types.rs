@@ -8,8 +8,9 @@ use crate::errors::EtcdError;
 use crate::mvcc::{WriteRequest, WriteResponse};
 
 /// What openraft knows of a member. Identical on every member from the
-/// bootstrap flags; client URLs are published separately once it runs
-/// ([`Command::PublishClientUrls`]), as etcd publishes member attributes.
+/// bootstrap flags, or from MemberAdd (with an empty name); the name and
+/// client URLs are published once the member runs
+/// ([`Command::PublishAttributes`]), as etcd publishes member attributes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     pub name: String,
@@ -21,11 +22,18 @@ pub struct Member {
 pub enum Command {
     /// Client write requests the proposer packed together.
     Writes(Vec<WriteRequest>),
-    /// A member announces the client URLs it serves on.
-    PublishClientUrls {
+    /// A member announces its name and the client URLs it serves on.
+    PublishAttributes {
         member_id: u64,
-        client_urls: Vec<String>,
+        attributes: Attributes,
     },
+}
+
+/// What a running member publishes about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attributes {
+    pub name: String,
+    pub client_urls: Vec<String>,
 }
 
 /// One result per request of a [`Command`], in order.
