@@ -3,6 +3,7 @@
 //! `api` -> `raft`/`watch` -> `mvcc` -> `storage`.
 
 pub mod api;
+mod authority;
 pub mod config;
 pub mod errors;
 pub mod mvcc;

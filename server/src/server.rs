@@ -6,7 +6,10 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
+use futures::TryStreamExt;
+
 use crate::api::{self, Limits};
+use crate::authority::AuthorityRewrite;
 use crate::config::{Config, host_port, url_list};
 use crate::raft::RaftNode;
 use crate::watch::{WatchConfig, WatchHub};
@@ -31,7 +34,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(%url, member_id = %format!("{:x}", node.member_id()), "serving client requests");
         let routes = api::routes(node.clone(), watch_hub.clone(), limits);
         // Small responses must not wait for Nagle's algorithm.
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .map_ok(AuthorityRewrite::new);
         let mut stop = stop_rx.clone();
         servers.push(tokio::spawn(
             tonic::transport::Server::builder()

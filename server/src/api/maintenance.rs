@@ -1,10 +1,11 @@
-//! The Maintenance service: Status and MoveLeader; the rest answers `Unimplemented`.
+//! The Maintenance service: Status, HashKV and MoveLeader; the rest answers `Unimplemented`.
 
 use std::sync::Arc;
 
 use ballast_proto::etcdserverpb::maintenance_server::Maintenance;
 use ballast_proto::etcdserverpb::{
-    MoveLeaderRequest, MoveLeaderResponse, StatusRequest, StatusResponse,
+    HashKvRequest, HashKvResponse, MoveLeaderRequest, MoveLeaderResponse, StatusRequest,
+    StatusResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -54,6 +55,22 @@ impl Maintenance for MaintenanceService {
             .move_leader(request.into_inner().target_id)
             .await?;
         let mut response = MoveLeaderResponse::default();
+        self.header.fill(&mut response.header);
+        Ok(Response::new(response))
+    }
+
+    async fn hash_kv(
+        &self,
+        request: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let (hash, compact_revision, hash_revision) =
+            self.node.hash_kv(request.into_inner().revision).await?;
+        let mut response = HashKvResponse {
+            hash,
+            compact_revision,
+            hash_revision,
+            ..Default::default()
+        };
         self.header.fill(&mut response.header);
         Ok(Response::new(response))
     }

@@ -152,6 +152,32 @@ impl Store {
         is_read_only(req)
     }
 
+    /// A hash of the history up to `revision` (0: the current one), equal on
+    /// every member that applied the same log, as etcd's HashKV. Returns the
+    /// hash, the compact revision and the revision hashed.
+    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), EtcdError> {
+        let (current, compacted) = {
+            let state = self.read();
+            (state.revision, state.compact_revision)
+        };
+        let revision = if revision <= 0 { current } else { revision };
+        if revision > current {
+            return Err(EtcdError::FutureRevision);
+        }
+        if revision < compacted {
+            return Err(EtcdError::Compacted);
+        }
+        let hash = self
+            .db
+            .hash_rows(Revision::new(revision + 1, 0))
+            .map_err(|_| EtcdError::Stopped)?;
+        // A compaction during the scan removed rows the hash may have seen.
+        if self.compact_revision() != compacted {
+            return Err(EtcdError::Compacted);
+        }
+        Ok((hash, compacted, revision))
+    }
+
     /// Every batch of changes committed after this call, in revision order.
     /// Subscribe before reading [`Store::revision`] so that no change falls between.
     pub fn subscribe(&self) -> broadcast::Receiver<Changes> {

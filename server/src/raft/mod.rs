@@ -264,6 +264,14 @@ impl RaftNode {
         self.store.revision()
     }
 
+    /// etcd's HashKV for this member's store, read off the runtime.
+    pub async fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), EtcdError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.hash_kv(revision))
+            .await
+            .map_err(|_| EtcdError::Stopped)?
+    }
+
     pub fn db_size(&self) -> u64 {
         self.store.db().size_on_disk()
     }

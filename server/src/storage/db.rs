@@ -91,6 +91,17 @@ impl StateDb {
         })
     }
 
+    /// crc32 of every stored row below `to`, keys and values as stored.
+    pub fn hash_rows(&self, to: Revision) -> std::io::Result<u32> {
+        let mut hasher = crc32fast::Hasher::new();
+        for item in self.db.range(kv_key(Revision::new(0, 0))..kv_key(to)) {
+            let (key, value) = item.map_err(std::io::Error::other)?;
+            hasher.update(&key);
+            hasher.update(&value);
+        }
+        Ok(hasher.finalize())
+    }
+
     pub fn all_rows(&self) -> impl Iterator<Item = std::io::Result<Row>> + '_ {
         self.db.scan_prefix([KV_PREFIX]).map(|item| {
             let (key, value) = item.map_err(std::io::Error::other)?;
