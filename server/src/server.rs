@@ -57,6 +57,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     node.shutdown().await;
     if removed {
+        tracing::error!("the member has been permanently removed from the cluster");
         anyhow::bail!("the member has been permanently removed from the cluster");
     }
     Ok(())

@@ -74,6 +74,8 @@ pub enum Notice {
     /// Do not campaign for this long (zero: campaign again), so that the
     /// member a leader transfer chose wins the election.
     HoldElections { millis: u64 },
+    /// Campaign now: the leader transfer chose this member.
+    Campaign,
     /// The member was removed from the cluster and must stop.
     Removed,
 }
@@ -90,6 +92,9 @@ pub struct Membership {
     probe_timeout: Duration,
     /// How long a leader transfer may take.
     transfer_timeout: Duration,
+    /// How long a follower refuses votes after hearing from its leader
+    /// (openraft's leader lease: the longest election timeout).
+    leader_lease: Duration,
     elections_held_until: Arc<Mutex<Option<Instant>>>,
     removed: Arc<watch::Sender<bool>>,
 }
@@ -144,6 +149,7 @@ impl Membership {
             cluster_id,
             probe_timeout: election_timeout,
             transfer_timeout: election_timeout * 6,
+            leader_lease: election_timeout * 2,
             elections_held_until: Arc::default(),
             removed: Arc::new(watch::channel(false).0),
         }
@@ -386,9 +392,10 @@ impl Membership {
     }
 
     /// Hands leadership to `target`, as etcd's MoveLeader. openraft 0.9 has
-    /// no leader transfer, so the leader stops replicating until the
-    /// followers' leader leases lapse, while every other voter holds its
-    /// elections, and the target's own election timer makes it leader.
+    /// no leader transfer, and followers refuse votes while their leader
+    /// lease runs, so: every other voter holds its elections, the leader
+    /// stops replicating until the leases lapse, then the target campaigns.
+    /// Writes wait for the new leader meanwhile.
     pub async fn move_leader(&self, target: u64) -> Result<(), EtcdError> {
         let metrics = self.raft.metrics().borrow().clone();
         if metrics.current_leader != Some(self.member_id) {
@@ -418,7 +425,7 @@ impl Membership {
             .map_err(|_| EtcdError::LeaderTransferTimeout)?;
         let others: Vec<(u64, Member)> = membership
             .nodes()
-            .filter(|(id, _)| **id != target && **id != self.member_id)
+            .filter(|(id, _)| **id != self.member_id)
             .map(|(id, member)| (*id, member.clone()))
             .collect();
         let hold = Notice::HoldElections {
@@ -428,6 +435,13 @@ impl Membership {
             let _ = self.peers.peer(*id, member).notify(&hold).await;
         }
         self.peers.hold_replication(true);
+        tokio::time::sleep(self.leader_lease + self.leader_lease / 10).await;
+        let transferee = membership.get_node(&target).expect("target is a voter");
+        let _ = self
+            .peers
+            .peer(target, transferee)
+            .notify(&Notice::Campaign)
+            .await;
         let moved = self
             .raft
             .wait(Some(self.transfer_timeout))
@@ -448,6 +462,15 @@ impl Membership {
         match notice {
             Notice::Removed => {
                 let _ = self.removed.send(true);
+            }
+            Notice::Campaign => {
+                *self
+                    .elections_held_until
+                    .lock()
+                    .expect("election hold lock") = None;
+                self.raft.runtime_config().elect(true);
+                let raft = self.raft.clone();
+                tokio::spawn(async move { raft.trigger().elect().await });
             }
             Notice::HoldElections { millis } => {
                 let until = Instant::now() + Duration::from_millis(millis);

@@ -103,6 +103,16 @@ async fn serve_peers(
     ))
 }
 
+/// On loopback, where members of one host would all connect from
+/// 127.0.0.1, peer connections leave from the address the member listens
+/// on, so each member's traffic can be told apart (firewalls, fault
+/// injection in tests). Elsewhere the kernel picks the route's address.
+fn peer_source_address(config: &Config) -> Option<std::net::IpAddr> {
+    let url = url_list(&config.listen_peer_urls).into_iter().next()?;
+    let address: std::net::SocketAddr = host_port(&url).ok()?.parse().ok()?;
+    address.ip().is_loopback().then_some(address.ip())
+}
+
 fn write_error(e: &RaftError<u64, ClientWriteError<u64, Member>>) -> EtcdError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => EtcdError::NoLeader,
@@ -166,7 +176,7 @@ impl RaftNode {
         .validate()?;
         let log_store = LogStore::open(&member_dir.join("wal"))?;
         let state_machine = StateMachine::open(store.clone(), member_dir.join("snap"))?;
-        let peers = PeerNetwork::new(identity.cluster_id);
+        let peers = PeerNetwork::new(identity.cluster_id, peer_source_address(config));
         let raft = Raft::new(
             identity.member_id,
             Arc::new(raft_config),
@@ -195,9 +205,11 @@ impl RaftNode {
             raft: raft.clone(),
             peers,
             leader_wait: Duration::from_millis(config.election_timeout * 3),
+            // etcd's: 5 s plus two election timeouts.
+            request_timeout: Duration::from_millis(5000 + 2 * config.election_timeout),
         };
         let node = Self {
-            proposer: Proposer::start(raft.clone(), submitter.peers.clone(), submitter.leader_wait),
+            proposer: Proposer::start(submitter.clone()),
             reads: ReadBarrier::start(submitter.clone()),
             submitter,
             membership,

@@ -40,6 +40,8 @@ pub struct PeerNetwork {
     channels: Arc<Mutex<HashMap<(u64, String), Channel>>>,
     /// While true, the leader sends no AppendEntries (leader transfer).
     replication_held: Arc<watch::Sender<bool>>,
+    /// The address peer connections leave from, if bound.
+    source_address: Option<std::net::IpAddr>,
 }
 
 pub struct Peer {
@@ -71,11 +73,12 @@ enum CallError {
 }
 
 impl PeerNetwork {
-    pub fn new(cluster_id: u64) -> Self {
+    pub fn new(cluster_id: u64, source_address: Option<std::net::IpAddr>) -> Self {
         Self {
             cluster_id,
             channels: Arc::default(),
             replication_held: Arc::new(watch::channel(false).0),
+            source_address,
         }
     }
 
@@ -139,6 +142,7 @@ impl PeerNetwork {
             .ok()?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
+            .local_address(self.source_address)
             .connect_lazy();
         channels.retain(|(id, _), _| *id != target);
         channels.insert(key, channel.clone());

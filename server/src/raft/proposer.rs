@@ -34,16 +34,9 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    pub fn start(raft: Raft, peers: PeerNetwork, leader_wait: Duration) -> Self {
+    pub fn start(submitter: Submitter) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(
-            Submitter {
-                raft,
-                peers,
-                leader_wait,
-            },
-            rx,
-        ));
+        tokio::spawn(run(submitter, rx));
         Self { tx }
     }
 
@@ -64,12 +57,21 @@ pub struct Submitter {
     pub peers: PeerNetwork,
     /// How long to wait for a leader to appear before trying again.
     pub leader_wait: Duration,
+    /// How long a proposal may wait to commit (a leader cut off from its
+    /// quorum commits nothing), as etcd's request timeout.
+    pub request_timeout: Duration,
 }
 
 impl Submitter {
     pub async fn submit(&self, command: Command) -> Result<CommandResponse, EtcdError> {
         for _ in 0..LEADER_ATTEMPTS {
-            match self.raft.client_write(command.clone()).await {
+            let written = tokio::time::timeout(
+                self.request_timeout,
+                self.raft.client_write(command.clone()),
+            )
+            .await
+            .map_err(|_| EtcdError::Timeout)?;
+            match written {
                 Ok(written) => return Ok(written.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => {
                     match (to.leader_id, to.leader_node) {
