@@ -50,7 +50,9 @@ async fn any_member_serves_reads_and_writes() {
     assert_eq!(leaders, 1, "exactly one member leads");
 }
 
-const WRITERS: usize = 24;
+/// 100 clients over 10 connections, as the write load.
+const WRITERS: usize = 100;
+const CONNECTIONS: usize = 10;
 const ACKS_BEFORE_KILL: usize = 500;
 const ACKS_AFTER_KILL: usize = 500;
 
@@ -65,7 +67,7 @@ async fn writer(mut client: Client, id: usize, progress: Arc<Progress>) -> Vec<S
     let mut acked = Vec::new();
     let mut i = 0;
     while !progress.stop.load(Ordering::SeqCst) {
-        let key = format!("load/{id:02}/{i:06}");
+        let key = format!("load/{id:03}/{i:06}");
         i += 1;
         let put = client.put(key.as_str(), key.as_str(), None);
         // A put that fails or times out is not acknowledged; keep going, as
@@ -93,9 +95,13 @@ async fn leader_kill9_under_load_loses_no_acknowledged_write() {
     });
     // Writers talk to the followers, which forward to whoever leads.
     let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let mut connections = Vec::new();
+    for c in 0..CONNECTIONS {
+        connections.push(cluster.client(followers[c % followers.len()]).await);
+    }
     let mut tasks = Vec::new();
     for id in 0..WRITERS {
-        let client = cluster.client(followers[id % followers.len()]).await;
+        let client = connections[id % CONNECTIONS].clone();
         tasks.push(tokio::spawn(writer(client, id, progress.clone())));
     }
     let wait = |progress: Arc<Progress>| async move {

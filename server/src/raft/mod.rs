@@ -44,6 +44,8 @@ use proposer::Proposer;
 use read_barrier::ReadBarrier;
 
 const META_IDENTITY: &str = "identity";
+/// Log entries kept behind a snapshot, as etcd's SnapshotCatchUpEntries.
+const SNAPSHOT_CATCH_UP_ENTRIES: u64 = 5000;
 /// Attempts at finding a leader for a membership change.
 const LEADER_ATTEMPTS: usize = 3;
 
@@ -170,7 +172,10 @@ impl RaftNode {
             election_timeout_min: config.election_timeout,
             election_timeout_max: config.election_timeout * 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
-            purge_batch_size: 1024,
+            // etcd keeps 5000 entries behind a snapshot for slow followers;
+            // fewer when snapshots are more frequent than that.
+            max_in_snapshot_log_to_keep: config.snapshot_count.min(SNAPSHOT_CATCH_UP_ENTRIES),
+            purge_batch_size: config.snapshot_count.clamp(1, 1024),
             ..Default::default()
         }
         .validate()?;

@@ -173,6 +173,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Write, e))?
         .map_err(sm_error(ErrorVerb::Write))?;
+        tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot from the leader");
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         Ok(())
