@@ -34,6 +34,11 @@ WATCH_LATENCY_TOTAL=${BENCH_WATCH_LATENCY_TOTAL:-5000}
 WATCH_FANOUT_TOTAL=${BENCH_WATCH_FANOUT_TOTAL:-3000}
 WATCH_FANOUT_WATCHERS=${BENCH_WATCH_FANOUT_WATCHERS:-1000}
 WATCH_FANOUT_STREAMS=${BENCH_WATCH_FANOUT_STREAMS:-10}
+# 3-member clusters: totals of their put and range runs.
+CLUSTER_PUT1_TOTAL=${BENCH_CLUSTER_PUT1_TOTAL:-3000}
+CLUSTER_PUT100_TOTAL=${BENCH_CLUSTER_PUT100_TOTAL:-40000}
+CLUSTER_PUT1000_TOTAL=${BENCH_CLUSTER_PUT1000_TOTAL:-60000}
+CLUSTER_RANGE_TOTAL=${BENCH_CLUSTER_RANGE_TOTAL:-60000}
 # A hang guard per run, not a measurement limit.
 RUN_TIMEOUT=${BENCH_RUN_TIMEOUT:-600}
 OUT=${BENCH_OUT:-docs/BENCHMARKS.md}
@@ -53,7 +58,7 @@ BENCH="$ROOT/target/release/ballast-bench"
 WORK=$(mktemp -d "$ROOT/target/compare.XXXXXX")
 RESULTS="$WORK/results.jsonl"
 : >"$RESULTS"
-declare -A PID=() ENDPOINT=() RSS_KIB=()
+declare -A PID=() ENDPOINT=() RSS_KIB=() MEMBERS=()
 USED_PORTS=" "
 
 cleanup() {
@@ -82,45 +87,61 @@ free_port() {
     done
 }
 
-# start_server NAME BINARY: one member named NAME with etcd's flags (Ballast
-# takes the same), data in $WORK/NAME; waits until it reports a leader.
-start_server() {
-    local name=$1 binary=$2 client peer dir
-    free_port
-    client=$PORT
-    free_port
-    peer=$PORT
-    dir="$WORK/$name"
-    mkdir -p "$dir"
-    # ETCD_* variables would configure either server behind our back.
-    env $(env | grep -o '^ETCD_[A-Z_]*' | sed 's/^/-u /') \
-        "$binary" --name "$name" --data-dir "$dir/data" \
-        --listen-client-urls "http://127.0.0.1:$client" \
-        --advertise-client-urls "http://127.0.0.1:$client" \
-        --listen-peer-urls "http://127.0.0.1:$peer" \
-        --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
-        --initial-cluster "$name=http://127.0.0.1:$peer" \
-        >"$dir/server.log" 2>&1 &
-    PID[$name]=$!
-    ENDPOINT[$name]="127.0.0.1:$client"
-    local leader deadline=$((SECONDS + 30))
+# start_cluster NAME BINARY SIZE: SIZE members named NAME-1... with etcd's
+# flags (Ballast takes the same), data in $WORK/NAME-i; waits until every
+# member reports a leader. ENDPOINT[NAME] lists their client endpoints.
+start_cluster() {
+    local name=$1 binary=$2 size=$3 i member initial="" endpoints=""
+    local -a clients=() peers=()
+    for i in $(seq 1 "$size"); do
+        free_port
+        clients[i]=$PORT
+        free_port
+        peers[i]=$PORT
+        initial+="${initial:+,}$name-$i=http://127.0.0.1:${peers[i]}"
+        endpoints+="${endpoints:+,}127.0.0.1:${clients[i]}"
+    done
+    MEMBERS[$name]=""
+    for i in $(seq 1 "$size"); do
+        member="$name-$i"
+        mkdir -p "$WORK/$member"
+        # ETCD_* variables would configure either server behind our back.
+        env $(env | grep -o '^ETCD_[A-Z_]*' | sed 's/^/-u /') \
+            "$binary" --name "$member" --data-dir "$WORK/$member/data" \
+            --listen-client-urls "http://127.0.0.1:${clients[i]}" \
+            --advertise-client-urls "http://127.0.0.1:${clients[i]}" \
+            --listen-peer-urls "http://127.0.0.1:${peers[i]}" \
+            --initial-advertise-peer-urls "http://127.0.0.1:${peers[i]}" \
+            --initial-cluster "$initial" \
+            >"$WORK/$member/server.log" 2>&1 &
+        PID[$member]=$!
+        MEMBERS[$name]+="$member "
+    done
+    ENDPOINT[$name]=$endpoints
+    for i in $(seq 1 "$size"); do
+        wait_for_leader "$name-$i" "127.0.0.1:${clients[i]}"
+    done
+    echo "$name: ${MEMBERS[$name]}on $endpoints, data in $WORK/$name-*"
+}
+
+wait_for_leader() {
+    local member=$1 endpoint=$2 leader deadline=$((SECONDS + 30))
     while :; do
-        if ! kill -0 "${PID[$name]}" 2>/dev/null; then
-            echo "$name exited at start; its log:" >&2
-            tail -n 40 "$dir/server.log" >&2
+        if ! kill -0 "${PID[$member]}" 2>/dev/null; then
+            echo "$member exited at start; its log:" >&2
+            tail -n 40 "$WORK/$member/server.log" >&2
             exit 1
         fi
-        leader=$(ETCDCTL_API=3 "$ETCDCTL" --endpoints "${ENDPOINT[$name]}" --dial-timeout 1s \
+        leader=$(ETCDCTL_API=3 "$ETCDCTL" --endpoints "$endpoint" --dial-timeout 1s \
             endpoint status -w json 2>/dev/null | jq -r '.[0].Status.leader // 0' 2>/dev/null || true)
         [ -n "$leader" ] && [ "$leader" != 0 ] && break
         if ((SECONDS > deadline)); then
-            echo "$name not ready after 30 s; its log:" >&2
-            tail -n 40 "$dir/server.log" >&2
+            echo "$member not ready after 30 s; its log:" >&2
+            tail -n 40 "$WORK/$member/server.log" >&2
             exit 1
         fi
         sleep 0.2
     done
-    echo "$name: pid ${PID[$name]}, ${ENDPOINT[$name]}, data in $dir/data"
 }
 
 # Peak resident set size in KiB, while the process still runs.
@@ -128,12 +149,17 @@ peak_rss_kib() {
     awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"
 }
 
-stop_server() {
-    local name=$1
-    RSS_KIB[$name]=$(peak_rss_kib "${PID[$name]}")
-    kill -TERM "${PID[$name]}"
-    wait "${PID[$name]}" 2>/dev/null || true
-    unset "PID[$name]"
+# Stops every member of NAME; RSS_KIB[NAME] is the largest member's peak.
+stop_cluster() {
+    local name=$1 member rss peak=0
+    for member in ${MEMBERS[$name]}; do
+        rss=$(peak_rss_kib "${PID[$member]}")
+        ((rss > peak)) && peak=$rss
+        kill -TERM "${PID[$member]}"
+        wait "${PID[$member]}" 2>/dev/null || true
+        unset "PID[$member]"
+    done
+    RSS_KIB[$name]=$peak
 }
 
 # ------------------------------------------------------------- workloads
@@ -147,6 +173,15 @@ WORKLOADS=(
     "watch-latency-10|put, then its event on the client's own watch stream (latency: put sent to event received), 10 clients over 10 conns|--clients 10 --conns 10 --total $WATCH_LATENCY_TOTAL --key-space-size $PUT_KEYS watch-latency"
     "watch-fanout-$WATCH_FANOUT_WATCHERS|$WATCH_FANOUT_WATCHERS watchers of one prefix over $WATCH_FANOUT_STREAMS streams, 10 put clients over 10 conns (throughput: events delivered/s, first put to last event; latency: the puts')|--clients 10 --conns 10 --total $WATCH_FANOUT_TOTAL --key-space-size $PUT_KEYS watch-fanout --watchers $WATCH_FANOUT_WATCHERS --streams $WATCH_FANOUT_STREAMS"
 )
+# The same, against 3 members of each on loopback; clients spread over the members.
+CLUSTER_WORKLOADS=(
+    "3m-put-1|3 members: put, 1 client|--clients 1 --conns 1 --total $CLUSTER_PUT1_TOTAL --key-space-size $PUT_KEYS put"
+    "3m-put-100|3 members: put, 100 clients over 10 conns|--clients 100 --conns 10 --total $CLUSTER_PUT100_TOTAL --key-space-size $PUT_KEYS put"
+    "3m-put-1000|3 members: put, 1,000 clients over 100 conns|--clients 1000 --conns 100 --total $CLUSTER_PUT1000_TOTAL --key-space-size $PUT_KEYS put"
+    "3m-range-l-100|3 members: linearizable range of 1 key, 100 clients over 10 conns|--clients 100 --conns 10 --total $CLUSTER_RANGE_TOTAL --key-space-size $READ_KEYS range --consistency l"
+    "3m-range-s-100|3 members: serializable range of 1 key, 100 clients over 10 conns|--clients 100 --conns 10 --total $CLUSTER_RANGE_TOTAL --key-space-size $READ_KEYS range --consistency s"
+)
+ALL_WORKLOADS=("${WORKLOADS[@]}" "${CLUSTER_WORKLOADS[@]}")
 # The field a workload's throughput is, when not requests per second.
 declare -A THROUGHPUT=(["watch-fanout-$WATCH_FANOUT_WATCHERS"]=.events_per_sec)
 throughput_field() {
@@ -154,10 +189,11 @@ throughput_field() {
 }
 TARGETS=(etcd ballast)
 
+# run_workload CLUSTER TARGET ROUND LABEL ARGS: one run, recorded for TARGET.
 run_workload() {
-    local target=$1 round=$2 label=$3 args=$4 line
+    local cluster=$1 target=$2 round=$3 label=$4 args=$5 line
     # shellcheck disable=SC2086 # $args is a list of flags
-    line=$(timeout "$RUN_TIMEOUT" "$BENCH" --endpoints "${ENDPOINT[$target]}" \
+    line=$(timeout "$RUN_TIMEOUT" "$BENCH" --endpoints "${ENDPOINT[$cluster]}" \
         --val-size "$VAL_SIZE" --json $args)
     jq -c --arg t "$target" --arg l "$label" --argjson r "$round" \
         '. + {"target": $t, "label": $l, "round": $r}' <<<"$line" >>"$RESULTS"
@@ -170,25 +206,31 @@ run_workload() {
 started=$(date -u +%s)
 # Anything else running skews both servers; the report shows it.
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-start_server etcd "$ETCD"
-start_server ballast "$BALLAST"
-for round in $(seq 1 "$ROUNDS"); do
-    echo "round $round of $ROUNDS"
-    for workload in "${WORKLOADS[@]}"; do
-        IFS='|' read -r label _ args <<<"$workload"
-        for target in "${TARGETS[@]}"; do
-            run_workload "$target" "$round" "$label" "$args"
+# run_topology SIZE WORKLOAD...: clusters of SIZE members of each server
+# (named etcdSIZE and ballastSIZE), every workload against each in turn,
+# round after round.
+run_topology() {
+    local size=$1 round workload label args target
+    shift
+    start_cluster "etcd$size" "$ETCD" "$size"
+    start_cluster "ballast$size" "$BALLAST" "$size"
+    for round in $(seq 1 "$ROUNDS"); do
+        echo "$size member(s): round $round of $ROUNDS"
+        for workload in "$@"; do
+            IFS='|' read -r label _ args <<<"$workload"
+            for target in "${TARGETS[@]}"; do
+                run_workload "$target$size" "$target" "$round" "$label" "$args"
+            done
         done
     done
-done
-stop_server etcd
-stop_server ballast
+    stop_cluster "etcd$size"
+    stop_cluster "ballast$size"
+}
+
+run_topology 1 "${WORKLOADS[@]}"
+run_topology 3 "${CLUSTER_WORKLOADS[@]}"
 elapsed=$(($(date -u +%s) - started))
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
-
-# ------------------------------------------------------- 3-member topology
-# Not measured yet. It goes here: the same rounds against three members of
-# each on loopback, with the results labelled by topology.
 
 # --------------------------------- 1M keys: on-disk size and restart time
 # Not measured yet: goes here, loading 1,000,000 keys of 256 bytes into a
@@ -242,12 +284,13 @@ mkdir -p "$(dirname "$OUT")"
     echo
     echo "## Ballast / etcd"
     echo
-    echo "Single member each, fsync on, same filesystem. Throughput above 1 and"
-    echo "latency or memory below 1 favour Ballast."
+    echo "One member of each, then three members of each on loopback (the \`3m-\`"
+    echo "workloads, clients spread over the members); fsync on, same filesystem."
+    echo "Throughput above 1 and latency or memory below 1 favour Ballast."
     echo
     echo "| workload | throughput | p50 latency | p99 latency |"
     echo "| --- | --- | --- | --- |"
-    for workload in "${WORKLOADS[@]}"; do
+    for workload in "${ALL_WORKLOADS[@]}"; do
         IFS='|' read -r label description _ <<<"$workload"
         row="| $label: $description"
         for field in "$(throughput_field "$label")" .latency_ms.p50 .latency_ms.p99; do
@@ -256,8 +299,10 @@ mkdir -p "$(dirname "$OUT")"
         echo "$row |"
     done
     echo
-    echo "Peak RSS (VmHWM over the whole run), Ballast / etcd: $(ratio "${RSS_KIB[ballast]}" "${RSS_KIB[etcd]}")"
-    echo "(etcd $(mib "${RSS_KIB[etcd]}") MiB, Ballast $(mib "${RSS_KIB[ballast]}") MiB)."
+    echo "Peak RSS (VmHWM over the runs), Ballast / etcd:"
+    echo
+    echo "- one member: $(ratio "${RSS_KIB[ballast1]}" "${RSS_KIB[etcd1]}") (etcd $(mib "${RSS_KIB[etcd1]}") MiB, Ballast $(mib "${RSS_KIB[ballast1]}") MiB);"
+    echo "- three members, the largest member of each: $(ratio "${RSS_KIB[ballast3]}" "${RSS_KIB[etcd3]}") (etcd $(mib "${RSS_KIB[etcd3]}") MiB, Ballast $(mib "${RSS_KIB[ballast3]}") MiB)."
     echo
     echo "## Absolute numbers"
     echo
@@ -265,7 +310,7 @@ mkdir -p "$(dirname "$OUT")"
     echo
     echo "| workload | server | req/s | p50 | p90 | p99 | p99.9 | max | errors |"
     echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
-    for workload in "${WORKLOADS[@]}"; do
+    for workload in "${ALL_WORKLOADS[@]}"; do
         IFS='|' read -r label _ _ <<<"$workload"
         for target in "${TARGETS[@]}"; do
             row="| $label | $target | $(fmt "$(median "$target" "$label" .requests_per_sec)" 0)"
@@ -284,7 +329,7 @@ mkdir -p "$(dirname "$OUT")"
     echo
     echo "| workload | server | events/s | events delivered | events expected | seconds |"
     echo "| --- | --- | --- | --- | --- | --- |"
-    for workload in "${WORKLOADS[@]}"; do
+    for workload in "${ALL_WORKLOADS[@]}"; do
         IFS='|' read -r label _ _ <<<"$workload"
         [ "$(throughput_field "$label")" = .events_per_sec ] || continue
         for target in "${TARGETS[@]}"; do
@@ -307,7 +352,7 @@ mkdir -p "$(dirname "$OUT")"
     done
     echo "$header"
     echo "$rule"
-    for workload in "${WORKLOADS[@]}"; do
+    for workload in "${ALL_WORKLOADS[@]}"; do
         IFS='|' read -r label _ _ <<<"$workload"
         for target in "${TARGETS[@]}"; do
             jq -rs --arg t "$target" --arg l "$label" \
@@ -326,7 +371,6 @@ mkdir -p "$(dirname "$OUT")"
     echo
     echo "## Not measured yet"
     echo
-    echo "- 3-member clusters on loopback."
     echo "- On-disk size after loading 1,000,000 keys of 256 bytes, and restart-to-serving time with them."
     echo "- Lease keep-alive: ballast-bench has no such workload yet."
     echo "- An SVG chart of the ratios."
@@ -340,7 +384,7 @@ mkdir -p "$(dirname "$OUT")"
     echo "Each run is \`ballast-bench --endpoints <server> --val-size $VAL_SIZE --json <workload flags>\`"
     echo "with these workload flags:"
     echo
-    for workload in "${WORKLOADS[@]}"; do
+    for workload in "${ALL_WORKLOADS[@]}"; do
         IFS='|' read -r label _ args <<<"$workload"
         echo "- $label: \`$args\`"
     done
