@@ -31,6 +31,10 @@ pub enum EtcdError {
     FutureRevision,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     #[error("etcdserver: no leader")]
     NoLeader,
     #[error("etcdserver: leader changed")]
@@ -73,7 +77,7 @@ impl EtcdError {
         match self {
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
             | InvalidSortOption | RequestTooLarge => Code::InvalidArgument,
-            Compacted | FutureRevision => Code::OutOfRange,
+            Compacted | FutureRevision | LeaseTtlTooLarge => Code::OutOfRange,
             LeaseNotFound | MemberNotFound => Code::NotFound,
             NoLeader | LeaderChanged | Timeout | Stopped | NotSupportedForLearner => {
                 Code::Unavailable
@@ -81,7 +85,8 @@ impl EtcdError {
             // etcd has no gRPC mapping for it, so clients see its raw text as Unknown.
             LeaderTransferTimeout => Code::Unknown,
             InvalidPeerUrls => Code::InvalidArgument,
-            PeerUrlExists
+            LeaseExists
+            | PeerUrlExists
             | NotEnoughStartedMembers
             | MemberNotLearner
             | LearnerNotReady

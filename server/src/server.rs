@@ -11,11 +11,17 @@ use futures::TryStreamExt;
 use crate::api::{self, Limits};
 use crate::authority::AuthorityRewrite;
 use crate::config::{Config, host_port, url_list};
+use crate::lease::{self, Lessor};
 use crate::raft::RaftNode;
 use crate::watch::{WatchConfig, WatchHub};
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let node = Arc::new(RaftNode::start(&config).await?);
+    let _lessor = Lessor::start(
+        node.clone(),
+        std::time::Duration::from_millis(config.election_timeout),
+    );
+    let min_lease_ttl = lease::min_ttl(config.heartbeat_interval, config.election_timeout);
     let limits = Limits {
         max_txn_ops: config.max_txn_ops as usize,
         max_request_bytes: config.max_request_bytes as usize,
@@ -32,7 +38,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for url in url_list(&config.listen_client_urls) {
         let listener = TcpListener::bind(host_port(&url)?).await?;
         tracing::info!(%url, member_id = %format!("{:x}", node.member_id()), "serving client requests");
-        let routes = api::routes(node.clone(), watch_hub.clone(), limits);
+        let routes = api::routes(node.clone(), watch_hub.clone(), limits, min_lease_ttl);
         // Small responses must not wait for Nagle's algorithm.
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))

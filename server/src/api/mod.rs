@@ -3,6 +3,7 @@
 
 mod cluster;
 mod kv;
+mod lease;
 mod maintenance;
 mod validate;
 mod watch;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use ballast_proto::etcdserverpb::ResponseHeader;
 use ballast_proto::etcdserverpb::cluster_server::ClusterServer;
 use ballast_proto::etcdserverpb::kv_server::KvServer;
+use ballast_proto::etcdserverpb::lease_server::LeaseServer;
 use ballast_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use ballast_proto::etcdserverpb::watch_server::WatchServer;
 use tonic::service::Routes;
@@ -51,9 +53,14 @@ impl Header {
     }
 }
 
-/// Every client-facing service. Services Ballast does not serve yet (Lease,
-/// Auth) are absent, so their RPCs answer `Unimplemented`.
-pub fn routes(node: Arc<RaftNode>, watch_hub: WatchHub, limits: Limits) -> Routes {
+/// Every client-facing service. Services Ballast does not serve yet (Auth,
+/// Lock, Election) are absent, so their RPCs answer `Unimplemented`.
+pub fn routes(
+    node: Arc<RaftNode>,
+    watch_hub: WatchHub,
+    limits: Limits,
+    min_lease_ttl: i64,
+) -> Routes {
     let header = Header { node: node.clone() };
     let max_message = limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
     Routes::new(
@@ -64,8 +71,13 @@ pub fn routes(node: Arc<RaftNode>, watch_hub: WatchHub, limits: Limits) -> Route
         maintenance::MaintenanceService::new(node.clone(), header.clone()),
     ))
     .add_service(ClusterServer::new(cluster::ClusterService::new(
+        node.clone(),
+        header.clone(),
+    )))
+    .add_service(LeaseServer::new(lease::LeaseService::new(
         node,
         header.clone(),
+        min_lease_ttl,
     )))
     .add_service(WatchServer::new(watch::WatchService::new(
         watch_hub, header,

@@ -4,11 +4,13 @@
 
 mod index;
 mod key_index;
+mod lease;
 mod range;
 mod store;
 mod txn;
 
 pub use index::KeyRange;
+pub use lease::{Lease, LeaseChange, MAX_LEASE_TTL};
 pub use store::{Applier, Changes, Store, WriteRequest, WriteResponse};
 
 pub use crate::storage::revision::Revision;

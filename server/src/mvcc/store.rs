@@ -12,8 +12,10 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use ballast_proto::etcdserverpb::request_op::Request;
 use ballast_proto::etcdserverpb::response_op::Response;
 use ballast_proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    LeaseCheckpointRequest, LeaseCheckpointResponse, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use ballast_proto::mvccpb::event::EventType;
 use ballast_proto::mvccpb::{Event, KeyValue};
@@ -22,10 +24,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use super::index::{KeyRange, TreeIndex};
+use super::lease::{Lease, LeaseChange, LeaseTable, MAX_LEASE_TTL};
 use super::range::{ReadView, range, range_keys};
 use super::txn::{branch, check_path, check_range, compare_path, is_read_only};
 use crate::errors::EtcdError;
-use crate::storage::db::{Row, StateBatch, StateDb};
+use crate::storage::db::{LeaseRow, Row, StateBatch, StateDb};
 use crate::storage::revision::Revision;
 
 const META_REVISION: &str = "revision";
@@ -38,6 +41,10 @@ pub enum WriteRequest {
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
     Compact(CompactionRequest),
+    /// The id is set (non-zero) and the TTL raised to the minimum before proposing.
+    LeaseGrant(LeaseGrantRequest),
+    LeaseRevoke(LeaseRevokeRequest),
+    LeaseCheckpoint(LeaseCheckpointRequest),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +53,9 @@ pub enum WriteResponse {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compact(CompactionResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
+    LeaseCheckpoint(LeaseCheckpointResponse),
 }
 
 struct State {
@@ -54,6 +64,7 @@ struct State {
     revision: i64,
     /// -1 until the first compaction, as in etcd.
     compact_revision: i64,
+    leases: LeaseTable,
 }
 
 /// The changes of one revision, as watch events in sub-revision order.
@@ -63,10 +74,15 @@ pub type Changes = Arc<Vec<Event>>;
 /// and catches up from storage.
 const CHANGE_FEED_CAPACITY: usize = 1024;
 
+/// Lease changes kept for the leader's expiry clock; one that lags reloads
+/// every lease from the store.
+const LEASE_FEED_CAPACITY: usize = 4096;
+
 pub struct Store {
     db: StateDb,
     state: RwLock<State>,
     feed: broadcast::Sender<Changes>,
+    lease_feed: broadcast::Sender<LeaseChange>,
     /// The revision of the last committed batch, readable without the lock
     /// (every response header carries it). Set after the batch is in the
     /// feed, so whoever reads R finds every change up to R there.
@@ -95,6 +111,7 @@ impl Store {
             committed_revision: AtomicI64::new(state.revision),
             state: RwLock::new(state),
             feed: broadcast::channel(CHANGE_FEED_CAPACITY).0,
+            lease_feed: broadcast::channel(LEASE_FEED_CAPACITY).0,
         })
     }
 
@@ -178,6 +195,24 @@ impl Store {
         Ok((hash, compacted, revision))
     }
 
+    /// Lease grants and revokes committed after this call.
+    pub fn subscribe_leases(&self) -> broadcast::Receiver<LeaseChange> {
+        self.lease_feed.subscribe()
+    }
+
+    pub fn lease(&self, id: i64) -> Option<Lease> {
+        self.read().leases.get(id).cloned()
+    }
+
+    /// Every lease: id, granted TTL and checkpointed remaining TTL.
+    pub fn leases(&self) -> Vec<(i64, i64, i64)> {
+        self.read()
+            .leases
+            .iter()
+            .map(|(id, lease)| (id, lease.ttl, lease.remaining_ttl))
+            .collect()
+    }
+
     /// Every batch of changes committed after this call, in revision order.
     /// Subscribe before reading [`Store::revision`] so that no change falls between.
     pub fn subscribe(&self) -> broadcast::Receiver<Changes> {
@@ -213,6 +248,8 @@ impl Store {
         Applier {
             committed_revision: &self.committed_revision,
             feed: &self.feed,
+            lease_feed: &self.lease_feed,
+            lease_changes: Vec::new(),
             events: Vec::new(),
             db: &self.db,
             state: self.state.write().expect("store lock poisoned"),
@@ -231,19 +268,29 @@ impl Store {
 fn load_state(db: &StateDb) -> std::io::Result<State> {
     let mut index = TreeIndex::default();
     let mut revision = read_i64(db, META_REVISION)?.unwrap_or(1);
+    // Each key's lease is the one its latest version names.
+    let mut key_leases = HashMap::new();
     for row in db.all_rows() {
         let row = row?;
         if row.tombstone {
             index.tombstone(&row.kv.key, row.rev);
+            key_leases.remove(&row.kv.key);
         } else {
             index.restore_put(&row.kv.key, row.rev, row.kv.create_revision, row.kv.version);
+            if row.kv.lease == 0 {
+                key_leases.remove(&row.kv.key);
+            } else {
+                key_leases.insert(row.kv.key.clone(), row.kv.lease);
+            }
         }
         revision = revision.max(row.rev.main);
     }
+    let lease_rows = db.leases().collect::<std::io::Result<Vec<LeaseRow>>>()?;
     Ok(State {
         index,
         revision,
         compact_revision: read_i64(db, META_COMPACT_REVISION)?.unwrap_or(-1),
+        leases: LeaseTable::restore(lease_rows, key_leases),
     })
 }
 
@@ -286,6 +333,9 @@ impl ReadView for StateView<'_> {
 pub struct Applier<'a> {
     committed_revision: &'a AtomicI64,
     feed: &'a broadcast::Sender<Changes>,
+    lease_feed: &'a broadcast::Sender<LeaseChange>,
+    /// The batch's lease grants and revokes, published once committed.
+    lease_changes: Vec<LeaseChange>,
     /// The batch's changes, published once committed.
     events: Vec<Event>,
     db: &'a StateDb,
@@ -307,6 +357,15 @@ impl Applier<'_> {
             }
             WriteRequest::Txn(txn) => self.txn(txn).map(WriteResponse::Txn),
             WriteRequest::Compact(compact) => self.compact(compact).map(WriteResponse::Compact),
+            WriteRequest::LeaseGrant(grant) => {
+                self.lease_grant(grant).map(WriteResponse::LeaseGrant)
+            }
+            WriteRequest::LeaseRevoke(revoke) => {
+                self.lease_revoke(revoke).map(WriteResponse::LeaseRevoke)
+            }
+            WriteRequest::LeaseCheckpoint(checkpoint) => Ok(WriteResponse::LeaseCheckpoint(
+                self.lease_checkpoint(checkpoint),
+            )),
         };
         if self.changes > 0 {
             self.state.revision += 1;
@@ -331,6 +390,9 @@ impl Applier<'_> {
         for revision in events.chunk_by(|a, b| event_revision(a) == event_revision(b)) {
             // No subscriber is not an error: nobody watches.
             let _ = self.feed.send(Arc::new(revision.to_vec()));
+        }
+        for change in std::mem::take(&mut self.lease_changes) {
+            let _ = self.lease_feed.send(change);
         }
         self.committed_revision
             .store(self.state.revision, Ordering::Release);
@@ -361,7 +423,7 @@ impl Applier<'_> {
 
     fn put_request(&mut self, put: &PutRequest) -> Result<PutResponse, EtcdError> {
         // A top-level Put checks its lease before the key, a Put inside a txn after.
-        check_lease(put)?;
+        check_lease(&self.state.leases, put)?;
         check_put(&self.view(), put)?;
         Ok(self.put(put))
     }
@@ -402,6 +464,7 @@ impl Applier<'_> {
             lease,
         };
         self.state.index.put(&put.key, rev);
+        self.state.leases.attach(lease, put.key.clone());
         self.write_row(Row {
             rev,
             tombstone: false,
@@ -432,6 +495,7 @@ impl Applier<'_> {
         for key in &keys {
             let rev = self.next_revision();
             self.state.index.tombstone(key, rev);
+            self.state.leases.detach(key);
             let kv = KeyValue {
                 key: key.clone(),
                 mod_revision: rev.main,
@@ -529,6 +593,79 @@ impl Applier<'_> {
         })
     }
 
+    fn lease_grant(&mut self, grant: &LeaseGrantRequest) -> Result<LeaseGrantResponse, EtcdError> {
+        if grant.ttl > MAX_LEASE_TTL {
+            return Err(EtcdError::LeaseTtlTooLarge);
+        }
+        if grant.id == 0 {
+            return Err(EtcdError::LeaseNotFound);
+        }
+        if self.state.leases.contains(grant.id) {
+            return Err(EtcdError::LeaseExists);
+        }
+        self.state.leases.grant(grant.id, grant.ttl);
+        self.batch.put_lease(&LeaseRow {
+            id: grant.id,
+            ttl: grant.ttl,
+            remaining_ttl: 0,
+        });
+        self.lease_changes.push(LeaseChange::Granted {
+            id: grant.id,
+            ttl: grant.ttl,
+        });
+        Ok(LeaseGrantResponse {
+            header: header(self.state.revision),
+            id: grant.id,
+            ttl: grant.ttl,
+            error: String::new(),
+        })
+    }
+
+    /// Deletes every key of the lease in one revision, in key order, and the lease.
+    fn lease_revoke(
+        &mut self,
+        revoke: &LeaseRevokeRequest,
+    ) -> Result<LeaseRevokeResponse, EtcdError> {
+        let keys = self
+            .state
+            .leases
+            .revoke(revoke.id)
+            .ok_or(EtcdError::LeaseNotFound)?;
+        for key in keys {
+            self.delete_range(&DeleteRangeRequest {
+                key,
+                ..Default::default()
+            });
+        }
+        self.batch.remove_lease(revoke.id);
+        self.lease_changes
+            .push(LeaseChange::Revoked { id: revoke.id });
+        Ok(LeaseRevokeResponse {
+            header: header(self.begin_revision + i64::from(self.changes > 0)),
+        })
+    }
+
+    /// Records the remaining TTLs the leader measured; leases gone since are skipped.
+    fn lease_checkpoint(&mut self, request: &LeaseCheckpointRequest) -> LeaseCheckpointResponse {
+        for checkpoint in &request.checkpoints {
+            if let Some(lease) = self
+                .state
+                .leases
+                .checkpoint(checkpoint.id, checkpoint.remaining_ttl)
+            {
+                let row = LeaseRow {
+                    id: checkpoint.id,
+                    ttl: lease.ttl,
+                    remaining_ttl: lease.remaining_ttl,
+                };
+                self.batch.put_lease(&row);
+            }
+        }
+        LeaseCheckpointResponse {
+            header: header(self.state.revision),
+        }
+    }
+
     fn next_revision(&mut self) -> Revision {
         let rev = Revision::new(self.begin_revision + 1, self.changes);
         self.changes += 1;
@@ -561,20 +698,18 @@ fn row_event(row: Row) -> Event {
 
 /// etcd's checks of a Put against the state before it: ignore_value and
 /// ignore_lease need an existing key, and a lease must exist.
-fn check_put(view: &impl ReadView, put: &PutRequest) -> Result<(), EtcdError> {
+fn check_put(view: &StateView<'_>, put: &PutRequest) -> Result<(), EtcdError> {
     if put.ignore_value || put.ignore_lease {
         let existing = range_keys(view, KeyRange::new(&put.key, &[]), 0, 0, true)?;
         if existing.count == 0 {
             return Err(EtcdError::KeyNotFound);
         }
     }
-    check_lease(put)
+    check_lease(&view.state.leases, put)
 }
 
-fn check_lease(put: &PutRequest) -> Result<(), EtcdError> {
-    // No lease exists until the lease service lands (issue 5), so every
-    // attachment fails as etcd fails it for an unknown lease.
-    if put.lease != 0 {
+fn check_lease(leases: &LeaseTable, put: &PutRequest) -> Result<(), EtcdError> {
+    if put.lease != 0 && !leases.contains(put.lease) {
         return Err(EtcdError::LeaseNotFound);
     }
     Ok(())

@@ -3,6 +3,7 @@
 //! A later openraft upgrade touches this module only.
 
 mod bootstrap;
+mod leases;
 mod log_store;
 mod membership;
 mod network;
@@ -23,6 +24,7 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, Raf
 use openraft::{RaftMetrics, SnapshotPolicy};
 
 pub use bootstrap::Identity;
+pub use leases::{LeaderLeases, LeaseAnswer, LeaseCall};
 pub use log_store::LogStore;
 pub use membership::{MemberChange, MemberChanged, MemberInfo};
 pub use state_machine::StateMachine;
@@ -46,6 +48,8 @@ use read_barrier::ReadBarrier;
 const META_IDENTITY: &str = "identity";
 /// Log entries kept behind a snapshot, as etcd's SnapshotCatchUpEntries.
 const SNAPSHOT_CATCH_UP_ENTRIES: u64 = 5000;
+/// Pause before asking the leader's lessor again, as etcd's renew loop.
+const LEASE_RETRY_INTERVAL: Duration = Duration::from_millis(50);
 /// Attempts at finding a leader for a membership change.
 const LEADER_ATTEMPTS: usize = 3;
 
@@ -68,17 +72,23 @@ pub struct RaftNode {
     reads: ReadBarrier,
     submitter: Submitter,
     membership: Membership,
+    lease_leader: LeaseLeaderSlot,
+    request_timeout: Duration,
     identity: Identity,
     stop_peers: tokio::sync::watch::Sender<bool>,
     peer_server:
         std::sync::Mutex<Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>>,
 }
 
+/// Where the lease service registers its leader side (set once at start).
+pub type LeaseLeaderSlot = Arc<std::sync::OnceLock<Arc<dyn LeaderLeases>>>;
+
 /// Serves the peer protocol on `--listen-peer-urls` until told to stop.
 async fn serve_peers(
     config: &Config,
     raft: &Raft,
     membership: &Membership,
+    lease_leader: &LeaseLeaderSlot,
     identity: &Identity,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>> {
@@ -90,6 +100,7 @@ async fn serve_peers(
     let service = RaftServer::new(PeerService::new(
         raft.clone(),
         membership.clone(),
+        lease_leader.clone(),
         identity.member_id,
         identity.cluster_id,
     ))
@@ -198,8 +209,17 @@ impl RaftNode {
             identity.cluster_id,
             Duration::from_millis(config.election_timeout),
         );
+        let lease_leader = LeaseLeaderSlot::default();
         let (stop_peers, peers_stopped) = tokio::sync::watch::channel(false);
-        let peer_server = serve_peers(config, &raft, &membership, &identity, peers_stopped).await?;
+        let peer_server = serve_peers(
+            config,
+            &raft,
+            &membership,
+            &lease_leader,
+            &identity,
+            peers_stopped,
+        )
+        .await?;
         if !identity.initial_members.is_empty() && !raft.is_initialized().await? {
             match raft.initialize(identity.initial_members.clone()).await {
                 Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
@@ -216,8 +236,10 @@ impl RaftNode {
         let node = Self {
             proposer: Proposer::start(submitter.clone()),
             reads: ReadBarrier::start(submitter.clone()),
+            request_timeout: submitter.request_timeout,
             submitter,
             membership,
+            lease_leader,
             raft,
             store,
             identity,
@@ -321,18 +343,20 @@ impl RaftNode {
         Ok(())
     }
 
+    /// The leader as this member knows it, with its peer URLs.
+    fn leader(&self) -> (Option<u64>, Option<Member>) {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let leader = m.current_leader;
+        let member = leader.and_then(|id| m.membership_config.membership().get_node(&id).cloned());
+        (leader, member)
+    }
+
     /// Carries out a membership change on the leader, forwarding it there
     /// from a follower.
     pub async fn change_members(&self, change: MemberChange) -> Result<MemberChanged, EtcdError> {
         for _ in 0..LEADER_ATTEMPTS {
-            let (leader, member) = {
-                let metrics = self.raft.metrics();
-                let m = metrics.borrow();
-                let leader = m.current_leader;
-                let member =
-                    leader.and_then(|id| m.membership_config.membership().get_node(&id).cloned());
-                (leader, member)
-            };
+            let (leader, member) = self.leader();
             match (leader, member) {
                 (Some(leader), _) if leader == self.identity.member_id => {
                     return self.membership.change(change).await;
@@ -361,6 +385,107 @@ impl RaftNode {
     /// Returns once this member has applied everything committed before the call.
     pub async fn read_barrier(&self) -> Result<(), EtcdError> {
         self.reads.wait().await
+    }
+
+    /// Proposes any write request and waits for its result.
+    pub async fn write(&self, request: WriteRequest) -> Result<WriteResponse, EtcdError> {
+        self.proposer.propose(request).await
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.identity.member_id)
+    }
+
+    /// Resolves when this member starts or stops leading (`was_leader` is
+    /// what it did); false once Raft shuts down.
+    pub async fn leadership_changed(&self, was_leader: bool) -> bool {
+        let me = self.identity.member_id;
+        self.raft
+            .wait(None)
+            .metrics(
+                |m| (m.current_leader == Some(me)) != was_leader,
+                "leadership changed",
+            )
+            .await
+            .is_ok()
+    }
+
+    /// Proposes `request` only if this member leads, never forwarding it: a
+    /// deposed leader's lease revokes must not commit through the new one.
+    pub async fn write_as_leader(&self, request: WriteRequest) -> Result<WriteResponse, EtcdError> {
+        let command = Command::Writes(vec![request]);
+        let written = tokio::time::timeout(self.request_timeout, self.raft.client_write(command))
+            .await
+            .map_err(|_| EtcdError::Timeout)?;
+        match written {
+            Ok(written) => written
+                .data
+                .results
+                .into_iter()
+                .next()
+                .expect("one result per request"),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(EtcdError::NotLeader)
+            }
+            Err(e) => Err(write_error(&e)),
+        }
+    }
+
+    /// Confirms with a quorum that this member still leads and has applied
+    /// everything committed; `etcdserver: not leader` otherwise.
+    pub async fn confirm_leadership(&self) -> Result<(), EtcdError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                Err(EtcdError::NotLeader)
+            }
+            Err(e) => Err(read_error(&e)),
+        }
+    }
+
+    /// Registers the lease service's leader side, for local and forwarded calls.
+    pub fn serve_leases(&self, leader: Arc<dyn LeaderLeases>) {
+        let _ = self.lease_leader.set(leader);
+    }
+
+    /// Has the leader answer a lease call: locally on the leader, forwarded
+    /// from a follower; waits for a leader up to the request timeout.
+    pub async fn lease_call(&self, call: LeaseCall) -> Result<LeaseAnswer, EtcdError> {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        while tokio::time::Instant::now() < deadline {
+            let (leader, member) = self.leader();
+            match (leader, member) {
+                (Some(leader), _) if leader == self.identity.member_id => {
+                    let local = self.lease_leader.get().ok_or(EtcdError::NotLeader);
+                    match local?.answer(call.clone()).await {
+                        // Still becoming the primary lessor, or just lost
+                        // leadership: ask again shortly, as etcd does.
+                        Err(EtcdError::NotLeader) => {
+                            tokio::time::sleep(LEASE_RETRY_INTERVAL).await;
+                        }
+                        answered => return answered,
+                    }
+                }
+                (Some(leader), Some(member)) => {
+                    match self
+                        .submitter
+                        .peers
+                        .peer(leader, &member)
+                        .lease_call(&call)
+                        .await
+                    {
+                        Ok(answer) => return Ok(answer),
+                        Err(network::Forwarded::Failed(EtcdError::NotLeader))
+                        | Err(network::Forwarded::NotSent) => {
+                            self.submitter.wait_for_leader_other_than(leader).await
+                        }
+                        Err(network::Forwarded::Failed(error)) => return Err(error),
+                    }
+                }
+                _ => self.submitter.wait_for_leader().await,
+            }
+        }
+        Err(EtcdError::Timeout)
     }
 
     /// Hands leadership to `target`; only the leader may.

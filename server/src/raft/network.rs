@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
+use super::leases::{LeaseAnswer, LeaseCall};
 use super::membership::{ClusterInfo, MemberChange, MemberChanged, Notice};
 
 use super::types::{Command, CommandResponse, LogId, Member, TypeConfig};
@@ -244,6 +245,25 @@ impl Peer {
                 Err(Forwarded::NotSent)
             }
             Ok(Err(_)) => Err(Forwarded::Failed(EtcdError::LeaderChanged)),
+            Err(_) => Err(Forwarded::Failed(EtcdError::Timeout)),
+        }
+    }
+
+    /// Asks the leader to answer a lease call.
+    pub async fn lease_call(&self, call: &LeaseCall) -> Result<LeaseAnswer, Forwarded> {
+        let request = self.request(call);
+        let call = async {
+            let reply = self
+                .client()?
+                .lease(request)
+                .await
+                .map_err(Self::status_error)?;
+            Self::decode::<Result<LeaseAnswer, EtcdError>>(reply)
+        };
+        match tokio::time::timeout(FORWARD_TIMEOUT, call).await {
+            Ok(Ok(result)) => result.map_err(Forwarded::Failed),
+            // Renewing again or asking again is harmless: retry with the next leader.
+            Ok(Err(_)) => Err(Forwarded::NotSent),
             Err(_) => Err(Forwarded::Failed(EtcdError::Timeout)),
         }
     }

@@ -10,6 +10,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
 
+use super::LeaseLeaderSlot;
+use super::leases::{LeaseAnswer, LeaseCall};
 use super::membership::{MemberChange, MemberChanged, Membership, Notice};
 use super::types::{Command, CommandResponse, LogId, Raft, TypeConfig};
 use crate::errors::EtcdError;
@@ -17,15 +19,23 @@ use crate::errors::EtcdError;
 pub struct PeerService {
     raft: Raft,
     membership: Membership,
+    lease_leader: LeaseLeaderSlot,
     member_id: u64,
     cluster_id: u64,
 }
 
 impl PeerService {
-    pub fn new(raft: Raft, membership: Membership, member_id: u64, cluster_id: u64) -> Self {
+    pub fn new(
+        raft: Raft,
+        membership: Membership,
+        lease_leader: LeaseLeaderSlot,
+        member_id: u64,
+        cluster_id: u64,
+    ) -> Self {
         Self {
             raft,
             membership,
+            lease_leader,
             member_id,
             cluster_id,
         }
@@ -120,5 +130,14 @@ impl PeerRaft for PeerService {
         let notice: Notice = self.open(request)?;
         self.membership.notice(notice);
         reply(&())
+    }
+
+    async fn lease(&self, request: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
+        let call: LeaseCall = self.open(request)?;
+        let result: Result<LeaseAnswer, EtcdError> = match self.lease_leader.get() {
+            Some(leader) => leader.answer(call).await,
+            None => Err(EtcdError::NotLeader),
+        };
+        reply(&result)
     }
 }

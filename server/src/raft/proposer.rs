@@ -122,6 +122,9 @@ fn request_bytes(request: &WriteRequest) -> usize {
         WriteRequest::DeleteRange(r) => r.encoded_len(),
         WriteRequest::Txn(r) => r.encoded_len(),
         WriteRequest::Compact(r) => r.encoded_len(),
+        WriteRequest::LeaseGrant(r) => r.encoded_len(),
+        WriteRequest::LeaseRevoke(r) => r.encoded_len(),
+        WriteRequest::LeaseCheckpoint(r) => r.encoded_len(),
     }
 }
 

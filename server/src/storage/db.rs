@@ -2,7 +2,8 @@
 //!
 //! One tree with one-byte prefixes, so that an applied Raft batch (MVCC rows,
 //! applied log id, membership) is a single atomic `sled::Batch`:
-//! `k` + revision -> kind byte + `mvccpb.KeyValue`; `m` + name -> metadata.
+//! `k` + revision -> kind byte + `mvccpb.KeyValue`; `l` + lease id -> the
+//! lease's TTLs; `m` + name -> metadata.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use super::revision::{REVISION_BYTES, Revision};
 
 const KV_PREFIX: u8 = b'k';
 const META_PREFIX: u8 = b'm';
+const LEASE_PREFIX: u8 = b'l';
 const PUT: u8 = 0;
 const TOMBSTONE: u8 = 1;
 
@@ -23,6 +25,36 @@ pub struct Row {
     pub rev: Revision,
     pub tombstone: bool,
     pub kv: KeyValue,
+}
+
+/// One stored lease: granted TTL and the remaining TTL last checkpointed
+/// (0: none), in seconds. Attached keys are not stored here: each key's
+/// latest version names its lease, as in etcd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseRow {
+    pub id: i64,
+    pub ttl: i64,
+    pub remaining_ttl: i64,
+}
+
+fn lease_key(id: i64) -> [u8; 9] {
+    let mut key = [LEASE_PREFIX; 9];
+    key[1..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+fn decode_lease(key: &[u8], value: &[u8]) -> std::io::Result<LeaseRow> {
+    let field = |bytes: Option<&[u8]>| {
+        bytes
+            .and_then(|b| b.try_into().ok())
+            .map(i64::from_be_bytes)
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad lease row"))
+    };
+    Ok(LeaseRow {
+        id: field(key.get(1..9))?,
+        ttl: field(value.get(0..8))?,
+        remaining_ttl: field(value.get(8..16))?,
+    })
 }
 
 pub struct StateDb {
@@ -109,6 +141,13 @@ impl StateDb {
         })
     }
 
+    pub fn leases(&self) -> impl Iterator<Item = std::io::Result<LeaseRow>> + '_ {
+        self.db.scan_prefix([LEASE_PREFIX]).map(|item| {
+            let (key, value) = item.map_err(std::io::Error::other)?;
+            decode_lease(&key, &value)
+        })
+    }
+
     pub fn meta(&self, name: &str) -> std::io::Result<Option<sled::IVec>> {
         self.db.get(meta_key(name)).map_err(std::io::Error::other)
     }
@@ -179,6 +218,17 @@ impl StateBatch {
 
     pub fn remove_row(&mut self, rev: Revision) {
         self.batch.remove(&kv_key(rev)[..]);
+    }
+
+    pub fn put_lease(&mut self, lease: &LeaseRow) {
+        let mut value = [0u8; 16];
+        value[..8].copy_from_slice(&lease.ttl.to_be_bytes());
+        value[8..].copy_from_slice(&lease.remaining_ttl.to_be_bytes());
+        self.batch.insert(&lease_key(lease.id)[..], &value[..]);
+    }
+
+    pub fn remove_lease(&mut self, id: i64) {
+        self.batch.remove(&lease_key(id)[..]);
     }
 
     pub fn put_meta(&mut self, name: &str, value: &[u8]) {
