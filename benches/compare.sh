@@ -34,6 +34,8 @@ WATCH_LATENCY_TOTAL=${BENCH_WATCH_LATENCY_TOTAL:-5000}
 WATCH_FANOUT_TOTAL=${BENCH_WATCH_FANOUT_TOTAL:-3000}
 WATCH_FANOUT_WATCHERS=${BENCH_WATCH_FANOUT_WATCHERS:-1000}
 WATCH_FANOUT_STREAMS=${BENCH_WATCH_FANOUT_STREAMS:-10}
+# Keep-alive round trips, 100 clients each with its own lease and keep-alive stream.
+LEASE_KEEPALIVE_TOTAL=${BENCH_LEASE_KEEPALIVE_TOTAL:-100000}
 # 3-member clusters: totals of their put and range runs.
 CLUSTER_PUT1_TOTAL=${BENCH_CLUSTER_PUT1_TOTAL:-3000}
 CLUSTER_PUT100_TOTAL=${BENCH_CLUSTER_PUT100_TOTAL:-40000}
@@ -172,6 +174,7 @@ WORKLOADS=(
     "txn-mixed-100|read + txn(mod_revision compare, put), 100 clients over 10 conns|--clients 100 --conns 10 --total $TXN_MIXED_TOTAL --key-space-size $READ_KEYS txn-mixed"
     "watch-latency-10|put, then its event on the client's own watch stream (latency: put sent to event received), 10 clients over 10 conns|--clients 10 --conns 10 --total $WATCH_LATENCY_TOTAL --key-space-size $PUT_KEYS watch-latency"
     "watch-fanout-$WATCH_FANOUT_WATCHERS|$WATCH_FANOUT_WATCHERS watchers of one prefix over $WATCH_FANOUT_STREAMS streams, 10 put clients over 10 conns (throughput: events delivered/s, first put to last event; latency: the puts')|--clients 10 --conns 10 --total $WATCH_FANOUT_TOTAL --key-space-size $PUT_KEYS watch-fanout --watchers $WATCH_FANOUT_WATCHERS --streams $WATCH_FANOUT_STREAMS"
+    "lease-keepalive-100|lease keep-alive, 100 clients over 10 conns, each with its own lease and stream|--clients 100 --conns 10 --total $LEASE_KEEPALIVE_TOTAL lease-keepalive"
 )
 # The same, against 3 members of each on loopback; clients spread over the members.
 CLUSTER_WORKLOADS=(
@@ -372,7 +375,6 @@ mkdir -p "$(dirname "$OUT")"
     echo "## Not measured yet"
     echo
     echo "- On-disk size after loading 1,000,000 keys of 256 bytes, and restart-to-serving time with them."
-    echo "- Lease keep-alive: ballast-bench has no such workload yet."
     echo "- An SVG chart of the ratios."
     echo
     echo "## How it was run"

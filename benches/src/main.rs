@@ -20,6 +20,7 @@ use keys::KeySpace;
 use options::Options;
 use report::Report;
 use workload::Workload;
+use workload::lease_keepalive::{LeaseKeepalive, LeaseKeepaliveArgs};
 use workload::put::Put;
 use workload::range::{Range, RangeArgs};
 use workload::txn_mixed::{TxnMixed, TxnMixedArgs};
@@ -55,6 +56,8 @@ enum Command {
     WatchLatency,
     /// Puts under one prefix that --watchers watchers watch; also reports events delivered per second.
     WatchFanout(WatchFanoutArgs),
+    /// Keep-alive round trips: each client renews its own lease on its own keep-alive stream.
+    LeaseKeepalive(LeaseKeepaliveArgs),
 }
 
 #[tokio::main]
@@ -71,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
         Command::TxnMixed(args) => bench(TxnMixed::new(args, keys, value), &options).await,
         Command::WatchLatency => bench(WatchLatency::new(keys, value), &options).await,
         Command::WatchFanout(args) => bench(WatchFanout::new(args, keys, value)?, &options).await,
+        Command::LeaseKeepalive(args) => bench(LeaseKeepalive::new(args)?, &options).await,
     }
 }
 

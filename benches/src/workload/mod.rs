@@ -18,6 +18,7 @@ use tonic::{Status, Streaming};
 
 use crate::keys::KeySpace;
 
+pub mod lease_keepalive;
 pub mod put;
 pub mod range;
 pub mod txn_mixed;
@@ -88,17 +89,18 @@ pub struct WatchStream {
     pub responses: Streaming<WatchResponse>,
 }
 
-/// The request half of a watch stream as tonic takes it (tonic's own
-/// `tokio_stream`, so that this crate needs no stream crate of its own).
-struct Requests(mpsc::Receiver<WatchRequest>);
+/// The request half of a bidirectional stream (watch, lease keep-alive) as
+/// tonic takes it (tonic's own `tokio_stream`, so that this crate needs no
+/// stream crate of its own).
+struct Requests<T>(mpsc::Receiver<T>);
 
-impl tonic::codegen::tokio_stream::Stream for Requests {
-    type Item = WatchRequest;
+impl<T> tonic::codegen::tokio_stream::Stream for Requests<T> {
+    type Item = T;
 
     fn poll_next(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<WatchRequest>> {
+    ) -> std::task::Poll<Option<T>> {
         self.0.poll_recv(cx)
     }
 }

@@ -3,8 +3,8 @@
 //! the lease list is local, as in etcd.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ballast_proto::etcdserverpb::lease_server::Lease;
@@ -30,7 +30,7 @@ const RESPONSE_BUFFER: usize = 16;
 
 /// etcd's id generator: the member's low 16 bits, then a counter started
 /// from the clock, so ids from different members and restarts do not meet.
-struct IdGenerator {
+pub struct IdGenerator {
     prefix: u64,
     counter: AtomicU64,
 }
@@ -47,7 +47,7 @@ impl IdGenerator {
     }
 
     /// A positive, non-zero id.
-    fn next(&self) -> i64 {
+    pub fn next(&self) -> i64 {
         loop {
             let suffix = self.counter.fetch_add(1, Ordering::Relaxed) & ((1 << 48) - 1);
             let id = ((self.prefix | suffix) & (i64::MAX as u64)) as i64;
@@ -58,17 +58,22 @@ impl IdGenerator {
     }
 }
 
+/// The process's lease id generator, shared by every listener and service
+/// that grants leases, so that generated ids never meet.
+pub fn lease_ids(member_id: u64) -> &'static IdGenerator {
+    static IDS: OnceLock<IdGenerator> = OnceLock::new();
+    IDS.get_or_init(|| IdGenerator::new(member_id))
+}
+
 pub struct LeaseService {
     node: Arc<RaftNode>,
     header: Header,
-    ids: IdGenerator,
     min_ttl: i64,
 }
 
 impl LeaseService {
     pub fn new(node: Arc<RaftNode>, header: Header, min_ttl: i64) -> Self {
         Self {
-            ids: IdGenerator::new(node.member_id()),
             node,
             header,
             min_ttl,
@@ -94,7 +99,7 @@ impl Lease for LeaseService {
         let mut attempts = 0;
         let mut response = loop {
             if generated {
-                request.id = self.ids.next();
+                request.id = lease_ids(self.node.member_id()).next();
             }
             match self.node.write(WriteRequest::LeaseGrant(request)).await {
                 Ok(WriteResponse::LeaseGrant(response)) => break response,

@@ -2,9 +2,12 @@
 //! Raft node, map the error, fill the header.
 
 mod cluster;
+mod election;
 mod kv;
 mod lease;
+mod lock;
 mod maintenance;
+mod recipes;
 mod validate;
 mod watch;
 
@@ -16,6 +19,8 @@ use ballast_proto::etcdserverpb::kv_server::KvServer;
 use ballast_proto::etcdserverpb::lease_server::LeaseServer;
 use ballast_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use ballast_proto::etcdserverpb::watch_server::WatchServer;
+use ballast_proto::v3electionpb::election_server::ElectionServer;
+use ballast_proto::v3lockpb::lock_server::LockServer;
 use tonic::service::Routes;
 
 pub use validate::Limits;
@@ -53,8 +58,8 @@ impl Header {
     }
 }
 
-/// Every client-facing service. Services Ballast does not serve yet (Auth,
-/// Lock, Election) are absent, so their RPCs answer `Unimplemented`.
+/// Every client-facing service. Auth, which Ballast does not serve yet, is
+/// absent, so its RPCs answer `Unimplemented`.
 pub fn routes(
     node: Arc<RaftNode>,
     watch_hub: WatchHub,
@@ -75,9 +80,17 @@ pub fn routes(
         header.clone(),
     )))
     .add_service(LeaseServer::new(lease::LeaseService::new(
-        node,
+        node.clone(),
         header.clone(),
         min_lease_ttl,
+    )))
+    .add_service(LockServer::new(lock::LockService::new(
+        node.clone(),
+        header.clone(),
+    )))
+    .add_service(ElectionServer::new(election::ElectionService::new(
+        node,
+        header.clone(),
     )))
     .add_service(WatchServer::new(watch::WatchService::new(
         watch_hub, header,
