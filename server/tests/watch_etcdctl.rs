@@ -23,7 +23,7 @@ use ballast_proto::etcdserverpb::{
 };
 use common::{Ballast, ETCDCTL_BIN, Etcd, ServerProcess, guarded, prefix_end};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -126,41 +126,10 @@ struct Watching {
 
 impl Watching {
     fn spawn(srv: &ServerProcess, args: &[&str]) -> Self {
-        let mut cmd = tokio::process::Command::new(ETCDCTL_BIN);
-        cmd.arg(format!("--endpoints={}", srv.endpoint()))
-            .args(args)
-            .env("ETCDCTL_API", "3")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        for (k, _) in std::env::vars_os() {
-            if let Some(k) = k.to_str()
-                && (k.starts_with("ETCDCTL_") || k.starts_with("ETCD_"))
-                && k != "ETCDCTL_API"
-            {
-                cmd.env_remove(k);
-            }
-        }
-        let mut child = cmd
+        let mut child = common::etcdctl_command(&srv.endpoint(), args, Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {ETCDCTL_BIN}: {e}"));
-        let stdout = child.stdout.take().expect("stdout pipe");
-        let mut stderr = child.stderr.take().expect("stderr pipe");
-        let (tx, lines_rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let stderr = tokio::spawn(async move {
-            let mut buf = Vec::new();
-            let _ = stderr.read_to_end(&mut buf).await;
-            String::from_utf8_lossy(&buf).into_owned()
-        });
+        let (lines_rx, stderr) = common::read_output(&mut child);
         Watching {
             cmd: format!("etcdctl {}", args.join(" ")),
             stdin: child.stdin.take(),

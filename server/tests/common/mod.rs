@@ -594,6 +594,60 @@ impl DerefMut for Etcd {
     }
 }
 
+/// An etcdctl command with `--endpoints=<endpoint>`, ETCDCTL_API=3, no
+/// other ETCDCTL_*/ETCD_* variables from the environment, and piped output.
+pub fn etcdctl_command(
+    endpoint: &str,
+    args: &[impl AsRef<std::ffi::OsStr>],
+    stdin: Stdio,
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(ETCDCTL_BIN);
+    cmd.arg(format!("--endpoints={endpoint}"))
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, _) in std::env::vars_os() {
+        if let Some(k) = k.to_str()
+            && (k.starts_with("ETCDCTL_") || k.starts_with("ETCD_"))
+            && k != "ETCDCTL_API"
+        {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+/// A child's stdout as lines on a channel, and its whole stderr once it
+/// ends; both pipes must have been requested.
+pub fn read_output(
+    child: &mut tokio::process::Child,
+) -> (
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+    tokio::task::JoinHandle<String>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+    let stdout = child.stdout.take().expect("stdout pipe");
+    let mut stderr = child.stderr.take().expect("stderr pipe");
+    let (tx, lines_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let stderr = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf).await;
+        String::from_utf8_lossy(&buf).into_owned()
+    });
+    (lines_rx, stderr)
+}
+
 /// `prefixEnd` as clientv3 computes it: the key with its last non-0xff byte
 /// incremented and the trailing 0xff bytes dropped; `"\0"` if the key is all 0xff.
 pub fn prefix_end(key: &[u8]) -> Vec<u8> {
