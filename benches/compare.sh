@@ -41,6 +41,8 @@ CLUSTER_PUT1_TOTAL=${BENCH_CLUSTER_PUT1_TOTAL:-3000}
 CLUSTER_PUT100_TOTAL=${BENCH_CLUSTER_PUT100_TOTAL:-40000}
 CLUSTER_PUT1000_TOTAL=${BENCH_CLUSTER_PUT1000_TOTAL:-60000}
 CLUSTER_RANGE_TOTAL=${BENCH_CLUSTER_RANGE_TOTAL:-60000}
+# Keys loaded before measuring on-disk size and restart time.
+LARGE_KEYS=${BENCH_LARGE_KEYS:-1000000}
 # A hang guard per run, not a measurement limit.
 RUN_TIMEOUT=${BENCH_RUN_TIMEOUT:-600}
 OUT=${BENCH_OUT:-docs/BENCHMARKS.md}
@@ -236,9 +238,56 @@ elapsed=$(($(date -u +%s) - started))
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --------------------------------- 1M keys: on-disk size and restart time
-# Not measured yet: goes here, loading 1,000,000 keys of 256 bytes into a
-# fresh member of each, then du of the data dir and the time from restart
-# to the first answered Range.
+# A fresh member of each is loaded with LARGE_KEYS keys of VAL_SIZE bytes,
+# stopped (SIGTERM), measured with du, restarted on the same data and ports,
+# and timed until it answers a Range.
+declare -A DISK_BYTES=() RESTART_SECS=() LOAD_RATE=()
+large_store() {
+    local target=$1 binary=$2 client peer dir started
+    free_port
+    client=$PORT
+    free_port
+    peer=$PORT
+    dir="$WORK/$target-large"
+    mkdir -p "$dir"
+    run_large() {
+        env $(env | grep -o '^ETCD_[A-Z_]*' | sed 's/^/-u /') \
+            "$binary" --name large --data-dir "$dir/data" \
+            --listen-client-urls "http://127.0.0.1:$client" \
+            --advertise-client-urls "http://127.0.0.1:$client" \
+            --listen-peer-urls "http://127.0.0.1:$peer" \
+            --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+            --initial-cluster "large=http://127.0.0.1:$peer" \
+            >>"$dir/server.log" 2>&1 &
+        PID[$target-large]=$!
+    }
+    run_large
+    wait_for_leader "$target-large" "127.0.0.1:$client"
+    LOAD_RATE[$target]=$(timeout "$RUN_TIMEOUT" "$BENCH" --endpoints "127.0.0.1:$client" \
+        --val-size "$VAL_SIZE" --json --clients 100 --conns 10 --total "$LARGE_KEYS" \
+        --key-space-size "$LARGE_KEYS" --sequential-keys put | jq '.requests_per_sec | floor')
+    kill -TERM "${PID[$target-large]}"
+    wait "${PID[$target-large]}" 2>/dev/null || true
+    DISK_BYTES[$target]=$(du -sb "$dir/data" | cut -f1)
+    started=$(date +%s.%N)
+    run_large
+    local deadline=$((SECONDS + RUN_TIMEOUT))
+    until ETCDCTL_API=3 "$ETCDCTL" --endpoints "127.0.0.1:$client" --dial-timeout 1s \
+        get --keys-only --limit 1 key >/dev/null 2>&1; do
+        if ((SECONDS > deadline)); then
+            echo "$target did not serve within $RUN_TIMEOUT s of its restart" >&2
+            exit 1
+        fi
+        sleep 0.05
+    done
+    RESTART_SECS[$target]=$(awk -v now="$(date +%s.%N)" -v then="$started" 'BEGIN { printf "%.3f", now - then }')
+    kill -TERM "${PID[$target-large]}"
+    wait "${PID[$target-large]}" 2>/dev/null || true
+    unset "PID[$target-large]"
+    echo "$target: $LARGE_KEYS keys loaded at ${LOAD_RATE[$target]} puts/s, ${DISK_BYTES[$target]} bytes on disk, restart to serving ${RESTART_SECS[$target]} s"
+}
+large_store etcd "$ETCD"
+large_store ballast "$BALLAST"
 
 # ---------------------------------------------------------------- report
 
@@ -301,6 +350,13 @@ mkdir -p "$(dirname "$OUT")"
         done
         echo "$row |"
     done
+    echo
+    echo "With $LARGE_KEYS keys of $VAL_SIZE bytes (loaded by 100 clients over 10 conns,"
+    echo "then the member stopped with SIGTERM), Ballast / etcd:"
+    echo
+    echo "- on-disk size of the data dir: $(ratio "${DISK_BYTES[ballast]}" "${DISK_BYTES[etcd]}") (etcd $(mib $((DISK_BYTES[etcd] / 1024))) MiB, Ballast $(mib $((DISK_BYTES[ballast] / 1024))) MiB);"
+    echo "- restart to the first answered Range: $(ratio "${RESTART_SECS[ballast]}" "${RESTART_SECS[etcd]}") (etcd $(fmt "${RESTART_SECS[etcd]}" 2) s, Ballast $(fmt "${RESTART_SECS[ballast]}" 2) s);"
+    echo "- load rate: $(ratio "${LOAD_RATE[ballast]}" "${LOAD_RATE[etcd]}") (etcd ${LOAD_RATE[etcd]} puts/s, Ballast ${LOAD_RATE[ballast]} puts/s)."
     echo
     echo "Peak RSS (VmHWM over the runs), Ballast / etcd:"
     echo
@@ -374,7 +430,6 @@ mkdir -p "$(dirname "$OUT")"
     echo
     echo "## Not measured yet"
     echo
-    echo "- On-disk size after loading 1,000,000 keys of 256 bytes, and restart-to-serving time with them."
     echo "- An SVG chart of the ratios."
     echo
     echo "## How it was run"
