@@ -149,7 +149,7 @@ impl Membership {
             cluster_id,
             probe_timeout: election_timeout,
             transfer_timeout: election_timeout * 6,
-            leader_lease: election_timeout * 2,
+            leader_lease: election_timeout,
             elections_held_until: Arc::default(),
             removed: Arc::new(watch::channel(false).0),
         }

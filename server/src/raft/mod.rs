@@ -180,8 +180,14 @@ impl RaftNode {
         let raft_config = openraft::Config {
             cluster_name: config.initial_cluster_token.clone(),
             heartbeat_interval: config.heartbeat_interval,
-            election_timeout_min: config.election_timeout,
-            election_timeout_max: config.election_timeout * 2,
+            // openraft's followers refuse votes for election_timeout_max
+            // after the last heartbeat (its leader lease), so a candidate
+            // whose timer fires earlier is refused and tries again one
+            // timeout later. Ending the range at --election-timeout makes
+            // the second try come within two election timeouts of the
+            // leader's loss, as etcd's failover does.
+            election_timeout_min: config.election_timeout / 2,
+            election_timeout_max: config.election_timeout,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
             // etcd keeps 5000 entries behind a snapshot for slow followers;
             // fewer when snapshots are more frequent than that.
