@@ -11,10 +11,9 @@ use bytes::Bytes;
 use tonic::{Request, Response, Status};
 
 use super::Header;
-use super::lease::lease_ids;
 use super::recipes::{
-    GiveUpOnDrop, by_create, create_revision_is, get_key, get_op, owner_key, prefix, put_op,
-    session_lease, txn, txn_range, unknown, wait_deletes,
+    GiveUpOnDrop, by_create, create_revision_is, get_key, get_op, lease_or_session, owner_key,
+    prefix, put_op, txn, txn_range, unknown, wait_deletes,
 };
 use crate::raft::RaftNode;
 
@@ -37,12 +36,7 @@ impl Lock for LockService {
     async fn lock(&self, request: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
         self.node.refuse_if_learner()?;
         let request = request.into_inner();
-        let lease = match request.lease {
-            0 => session_lease(&self.node, lease_ids(self.node.member_id()).next())
-                .await
-                .map_err(unknown)?,
-            lease => lease,
-        };
+        let lease = lease_or_session(&self.node, request.lease).await?;
         let prefix = prefix(&request.name);
         let key = owner_key(&request.name, lease);
         let owner = by_create(&prefix, SortOrder::Ascend, 0);

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use tokio::sync::broadcast;
 use tonic::Status;
 
+use super::lease::lease_ids;
 use crate::errors::EtcdError;
 use crate::mvcc::{WriteRequest, WriteResponse};
 use crate::raft::RaftNode;
@@ -128,13 +129,17 @@ pub fn txn_range(txn: &TxnResponse, index: usize) -> &RangeResponse {
     }
 }
 
-/// Grants the session lease a request without one gets.
-pub async fn session_lease(node: &RaftNode, id: i64) -> Result<i64, EtcdError> {
+/// The request's lease, or for lease 0 the session lease clientv3 would
+/// grant (and nobody keeps alive), as etcd's services do.
+pub async fn lease_or_session(node: &RaftNode, lease: i64) -> Result<i64, Status> {
+    if lease != 0 {
+        return Ok(lease);
+    }
     let grant = WriteRequest::LeaseGrant(LeaseGrantRequest {
         ttl: SESSION_TTL,
-        id,
+        id: lease_ids(node.member_id()).next(),
     });
-    match node.write(grant).await? {
+    match node.write(grant).await.map_err(unknown)? {
         WriteResponse::LeaseGrant(granted) => Ok(granted.id),
         other => unreachable!("a grant is answered by {other:?}"),
     }

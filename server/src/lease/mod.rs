@@ -283,11 +283,11 @@ impl Lessor {
         };
         let mut checkpoints = Vec::new();
         for (id, deadline) in due {
-            let Some(lease) = self.store.lease(id) else {
+            let Some((ttl, _)) = self.store.lease_ttls(id) else {
                 continue;
             };
             let remaining = deadline.saturating_duration_since(now).as_secs_f64().ceil() as i64;
-            if remaining > CHECKPOINT_INTERVAL.as_secs() as i64 && remaining < lease.ttl {
+            if remaining > CHECKPOINT_INTERVAL.as_secs() as i64 && remaining < ttl {
                 checkpoints.push(LeaseCheckpoint {
                     id,
                     remaining_ttl: remaining,
@@ -320,7 +320,8 @@ impl Lessor {
 
     async fn renew(&self, id: i64) -> Result<LeaseAnswer, EtcdError> {
         self.ready_to_answer().await?;
-        let Some(lease) = self.store.lease(id) else {
+        // Every keep-alive passes here: the TTLs only, not the lease's keys.
+        let Some((ttl, remaining_ttl)) = self.store.lease_ttls(id) else {
             return Ok(LeaseAnswer::Renewed { ttl: 0 });
         };
         {
@@ -337,7 +338,7 @@ impl Lessor {
                 return Ok(LeaseAnswer::Renewed { ttl: 0 });
             }
         }
-        if lease.remaining_ttl > 0 {
+        if remaining_ttl > 0 {
             // A renewed lease starts again from its full TTL, also after a failover.
             let clear = WriteRequest::LeaseCheckpoint(LeaseCheckpointRequest {
                 checkpoints: vec![LeaseCheckpoint {
@@ -352,11 +353,11 @@ impl Lessor {
             return Err(EtcdError::NotLeader);
         }
         // A revoke may have applied while the checkpoint was written.
-        if clock.revoking.contains_key(&id) || self.store.lease(id).is_none() {
+        if clock.revoking.contains_key(&id) || self.store.lease_ttls(id).is_none() {
             return Ok(LeaseAnswer::Renewed { ttl: 0 });
         }
-        clock.deadlines.insert(id, Instant::now() + secs(lease.ttl));
-        Ok(LeaseAnswer::Renewed { ttl: lease.ttl })
+        clock.deadlines.insert(id, Instant::now() + secs(ttl));
+        Ok(LeaseAnswer::Renewed { ttl })
     }
 
     async fn time_to_live(&self, id: i64, keys: bool) -> Result<LeaseAnswer, EtcdError> {

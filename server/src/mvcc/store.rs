@@ -204,6 +204,14 @@ impl Store {
         self.read().leases.get(id).cloned()
     }
 
+    /// A lease's granted and checkpointed remaining TTL, without its keys.
+    pub fn lease_ttls(&self, id: i64) -> Option<(i64, i64)> {
+        self.read()
+            .leases
+            .get(id)
+            .map(|lease| (lease.ttl, lease.remaining_ttl))
+    }
+
     /// Every lease: id, granted TTL and checkpointed remaining TTL.
     pub fn leases(&self) -> Vec<(i64, i64, i64)> {
         self.read()

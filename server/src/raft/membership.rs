@@ -198,8 +198,11 @@ impl Membership {
         self.list_of(&self.current())
     }
 
+    /// Asked on every client request, so it reads the membership in place.
     pub fn is_learner(&self) -> bool {
-        let membership = self.current();
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
         membership.get_node(&self.member_id).is_some()
             && !membership.voter_ids().any(|id| id == self.member_id)
     }
