@@ -274,7 +274,8 @@ async fn observe(
 }
 
 /// The key-value of the next change matching `wanted`; for a delete, a
-/// tombstone (version 0). None if the feed lagged (the caller re-reads) or
+/// tombstone (version 0). None if the feed lagged or the state was replaced
+/// by a snapshot (the caller re-reads), or
 /// the client went away (the next send ends the stream).
 async fn next_event(
     changes: &mut broadcast::Receiver<crate::mvcc::Changes>,
@@ -283,7 +284,8 @@ async fn next_event(
 ) -> Option<KeyValue> {
     loop {
         let events = tokio::select! {
-            events = changes.recv() => events.ok()?,
+            // An empty batch: a snapshot replaced the state; re-read, as after a lag.
+            events = changes.recv() => events.ok().filter(|events| !events.is_empty())?,
             () = out.closed() => return None,
         };
         if let Some(event) = events.iter().find(|e| wanted(e)) {

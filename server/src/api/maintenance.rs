@@ -37,7 +37,7 @@ impl Maintenance for MaintenanceService {
             db_size,
             db_size_in_use: db_size,
             leader: status.leader,
-            raft_index: status.last_index,
+            raft_index: status.committed_index,
             raft_term: status.term,
             raft_applied_index: status.applied_index,
             is_learner: self.node.is_learner(),

@@ -174,7 +174,7 @@ async fn wait_delete(
 ) -> Result<(), EtcdError> {
     loop {
         match changes.recv().await {
-            Ok(events) => {
+            Ok(events) if !events.is_empty() => {
                 let deleted = events.iter().any(|event| {
                     event.r#type == EventType::Delete as i32
                         && event.kv.as_ref().is_some_and(|e| e.key == kv.key)
@@ -183,8 +183,9 @@ async fn wait_delete(
                     return Ok(());
                 }
             }
-            // Fell behind the feed: look at the key itself.
-            Err(broadcast::error::RecvError::Lagged(_)) => {
+            // Fell behind the feed, or a snapshot replaced the state (an
+            // empty batch): look at the key itself.
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
                 *changes = node.store().subscribe();
                 let now = node.range(get_key(&kv.key)).await?;
                 if now

@@ -2,6 +2,7 @@
 //! semantics: revisions, key generations, range/txn evaluation, compaction.
 //! No Raft and no I/O policy here: the Raft state machine drives [`Store`].
 
+mod compactor;
 mod index;
 mod key_index;
 mod lease;
@@ -11,6 +12,6 @@ mod txn;
 
 pub use index::KeyRange;
 pub use lease::{Lease, LeaseChange, MAX_LEASE_TTL};
-pub use store::{Applier, Changes, Store, WriteRequest, WriteResponse};
+pub use store::{Applier, Changes, Store, StoreSnapshot, WriteRequest, WriteResponse};
 
 pub use crate::storage::revision::Revision;

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use super::compactor::{Compactor, META_COMPACTED_REVISION};
 use super::index::{KeyRange, TreeIndex};
 use super::lease::{Lease, LeaseChange, LeaseTable, MAX_LEASE_TTL};
 use super::range::{ReadView, range, range_keys};
@@ -30,9 +31,13 @@ use super::txn::{branch, check_path, check_range, compare_path, is_read_only};
 use crate::errors::EtcdError;
 use crate::storage::db::{LeaseRow, Row, StateBatch, StateDb};
 use crate::storage::revision::Revision;
+use crate::storage::snapshot::{Pair, SnapshotReader, SnapshotWriter};
 
 const META_REVISION: &str = "revision";
 const META_COMPACT_REVISION: &str = "compact_revision";
+/// Set while a snapshot replaces the state: found on open, the state is
+/// partial and the snapshot must be installed again.
+const OWN_INSTALLING: &str = "installing";
 
 /// A request that goes through Raft and changes the store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,6 +72,16 @@ struct State {
     leases: LeaseTable,
 }
 
+/// The state as stored, and the physical compaction it still needs.
+struct Loaded {
+    state: State,
+    /// Compactions up to this revision have deleted all their rows.
+    compacted: i64,
+    /// Rows to keep when deleting those below the compact revision, if the
+    /// last compaction's rows are not all deleted yet.
+    unfinished: Option<std::collections::HashSet<Revision>>,
+}
+
 /// The changes of one revision, as watch events in sub-revision order.
 pub type Changes = Arc<Vec<Event>>;
 
@@ -87,6 +102,44 @@ pub struct Store {
     /// (every response header carries it). Set after the batch is in the
     /// feed, so whoever reads R finds every change up to R there.
     committed_revision: AtomicI64,
+    /// The compact revision, readable without the lock.
+    compacted_revision: AtomicI64,
+    compactor: Compactor,
+}
+
+/// A snapshot in progress: the small state read at one applied batch, with
+/// the rows at or below its revision pinned until it is written.
+pub struct StoreSnapshot<'a> {
+    db: &'a StateDb,
+    small: Vec<Pair>,
+    revision: i64,
+    _pin: super::compactor::Pin<'a>,
+}
+
+impl StoreSnapshot<'_> {
+    /// Replicated metadata `name` as of the snapshot.
+    pub fn meta(&self, name: &str) -> Option<&[u8]> {
+        let mut key = vec![b'm'];
+        key.extend_from_slice(name.as_bytes());
+        self.small
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// Streams the rows, then the small state, into `writer`. Applies go on
+    /// meanwhile: rows are never changed once written, and newer ones are
+    /// past the snapshot's revision.
+    pub fn write_to(self, writer: &mut SnapshotWriter) -> std::io::Result<()> {
+        for pair in self.db.row_pairs(Revision::new(self.revision + 1, 0)) {
+            let (key, value) = pair?;
+            writer.push(&key, &value)?;
+        }
+        for (key, value) in &self.small {
+            writer.push(key, value)?;
+        }
+        Ok(())
+    }
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
@@ -105,30 +158,81 @@ fn read_i64(db: &StateDb, name: &str) -> std::io::Result<Option<i64>> {
 impl Store {
     /// Opens the store and rebuilds the key index from the stored rows.
     pub fn open(db: StateDb) -> std::io::Result<Self> {
-        let state = load_state(&db)?;
+        let loaded = load_state(&db)?;
+        let compactor = Compactor::start(db.clone(), loaded.compacted)?;
+        if let Some(keep) = loaded.unfinished {
+            compactor.schedule(loaded.state.compact_revision, keep);
+        }
         Ok(Self {
             db,
-            committed_revision: AtomicI64::new(state.revision),
-            state: RwLock::new(state),
+            committed_revision: AtomicI64::new(loaded.state.revision),
+            compacted_revision: AtomicI64::new(loaded.state.compact_revision),
+            state: RwLock::new(loaded.state),
             feed: broadcast::channel(CHANGE_FEED_CAPACITY).0,
             lease_feed: broadcast::channel(LEASE_FEED_CAPACITY).0,
+            compactor,
         })
     }
 
-    /// Every stored pair, consistent with one applied batch (for a snapshot).
-    pub fn export(&self) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let _consistent = self.read();
-        self.db.export()
+    /// Starts a snapshot of the state as of the last applied batch. Holding
+    /// it stops physical compaction, not applies.
+    pub fn begin_snapshot(&self) -> std::io::Result<StoreSnapshot<'_>> {
+        let pin = self.compactor.pin();
+        let state = self.read();
+        let small = self.db.small_pairs()?;
+        Ok(StoreSnapshot {
+            db: &self.db,
+            small,
+            revision: state.revision,
+            _pin: pin,
+        })
     }
 
-    /// Replaces the whole store with pairs from [`Store::export`].
-    pub fn replace(&self, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> std::io::Result<()> {
+    /// Whether a snapshot install was cut short (a crash): the state is
+    /// partial until the snapshot is installed again.
+    pub fn install_interrupted(&self) -> std::io::Result<bool> {
+        Ok(self.db.own_meta(OWN_INSTALLING)?.is_some())
+    }
+
+    /// Replaces the whole state with a snapshot's, in bounded batches, and
+    /// makes it durable. Readers wait until it is done; a crash part-way is
+    /// seen by [`Store::install_interrupted`].
+    pub fn install(&self, snapshot: &mut SnapshotReader) -> std::io::Result<()> {
+        let pin = self.compactor.pin();
         let mut state = self.state.write().expect("store lock poisoned");
-        self.db.import(pairs)?;
-        *state = load_state(&self.db)?;
+        let mut marker = StateBatch::default();
+        marker.put_own_meta(OWN_INSTALLING, b"");
+        self.db.apply(marker)?;
+        self.db.flush_durable()?;
+        self.db.clear_replicated()?;
+        while let Some(pairs) = snapshot.next_batch()? {
+            self.db.insert_pairs(pairs)?;
+        }
+        let mut done = StateBatch::default();
+        done.remove_own_meta(OWN_INSTALLING);
+        self.db.apply(done)?;
+        self.db.flush_durable()?;
+        let loaded = load_state(&self.db)?;
+        self.compactor.reset(&pin, loaded.compacted);
+        drop(pin);
+        if let Some(keep) = loaded.unfinished {
+            self.compactor.schedule(loaded.state.compact_revision, keep);
+        }
+        *state = loaded.state;
+        self.compacted_revision
+            .store(state.compact_revision, Ordering::Release);
         self.committed_revision
             .store(state.revision, Ordering::Release);
+        // An empty batch tells subscribers the state was replaced without
+        // events: they catch up from storage.
+        let _ = self.feed.send(Arc::new(Vec::new()));
         Ok(())
+    }
+
+    /// Waits until the rows made unreachable by compactions up to `at` are
+    /// deleted from storage (a Compact request with `physical` set).
+    pub fn wait_compacted(&self, at: i64) -> std::io::Result<()> {
+        self.compactor.wait_finished(at)
     }
 
     pub fn db(&self) -> &StateDb {
@@ -140,7 +244,7 @@ impl Store {
     }
 
     pub fn compact_revision(&self) -> i64 {
-        self.read().compact_revision
+        self.compacted_revision.load(Ordering::Acquire)
     }
 
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, EtcdError> {
@@ -184,14 +288,19 @@ impl Store {
         if revision < compacted {
             return Err(EtcdError::Compacted);
         }
+        // Members delete compacted rows at their own pace: hash only once
+        // they are gone, and with no deletion running.
+        self.compactor
+            .wait_finished(compacted)
+            .map_err(|_| EtcdError::Stopped)?;
+        let _pin = self.compactor.pin();
+        if self.compact_revision() != compacted {
+            return Err(EtcdError::Compacted);
+        }
         let hash = self
             .db
             .hash_rows(Revision::new(revision + 1, 0))
             .map_err(|_| EtcdError::Stopped)?;
-        // A compaction during the scan removed rows the hash may have seen.
-        if self.compact_revision() != compacted {
-            return Err(EtcdError::Compacted);
-        }
         Ok((hash, compacted, revision))
     }
 
@@ -221,8 +330,9 @@ impl Store {
             .collect()
     }
 
-    /// Every batch of changes committed after this call, in revision order.
-    /// Subscribe before reading [`Store::revision`] so that no change falls between.
+    /// Every batch of changes committed after this call, in revision order;
+    /// an empty batch means a snapshot replaced the state. Subscribe before
+    /// reading [`Store::revision`] so that no change falls between.
     pub fn subscribe(&self) -> broadcast::Receiver<Changes> {
         self.feed.subscribe()
     }
@@ -255,6 +365,9 @@ impl Store {
     pub fn applier(&self) -> Applier<'_> {
         Applier {
             committed_revision: &self.committed_revision,
+            compacted_revision: &self.compacted_revision,
+            compactor: &self.compactor,
+            planned_compaction: None,
             feed: &self.feed,
             lease_feed: &self.lease_feed,
             lease_changes: Vec::new(),
@@ -273,7 +386,7 @@ impl Store {
     }
 }
 
-fn load_state(db: &StateDb) -> std::io::Result<State> {
+fn load_state(db: &StateDb) -> std::io::Result<Loaded> {
     let mut index = TreeIndex::default();
     let mut revision = read_i64(db, META_REVISION)?.unwrap_or(1);
     // Each key's lease is the one its latest version names.
@@ -294,11 +407,21 @@ fn load_state(db: &StateDb) -> std::io::Result<State> {
         revision = revision.max(row.rev.main);
     }
     let lease_rows = db.leases().collect::<std::io::Result<Vec<LeaseRow>>>()?;
-    Ok(State {
-        index,
-        revision,
-        compact_revision: read_i64(db, META_COMPACT_REVISION)?.unwrap_or(-1),
-        leases: LeaseTable::restore(lease_rows, key_leases),
+    let compact_revision = read_i64(db, META_COMPACT_REVISION)?.unwrap_or(-1);
+    let compacted = read_i64(db, META_COMPACTED_REVISION)?.unwrap_or(-1);
+    // Rows a compaction had not deleted yet are indexed again above; the
+    // index drops them once more, and the compactor deletes them.
+    let unfinished = (compacted < compact_revision)
+        .then(|| index.compact(compact_revision).into_iter().collect());
+    Ok(Loaded {
+        state: State {
+            index,
+            revision,
+            compact_revision,
+            leases: LeaseTable::restore(lease_rows, key_leases),
+        },
+        compacted,
+        unfinished,
     })
 }
 
@@ -340,6 +463,11 @@ impl ReadView for StateView<'_> {
 /// Each request either fails with nothing changed or takes one revision.
 pub struct Applier<'a> {
     committed_revision: &'a AtomicI64,
+    compacted_revision: &'a AtomicI64,
+    compactor: &'a Compactor,
+    /// A compaction in this batch: the revision and the rows to keep, handed
+    /// to the compactor once the batch is stored.
+    planned_compaction: Option<(i64, std::collections::HashSet<Revision>)>,
     feed: &'a broadcast::Sender<Changes>,
     lease_feed: &'a broadcast::Sender<LeaseChange>,
     /// The batch's lease grants and revokes, published once committed.
@@ -392,6 +520,10 @@ impl Applier<'_> {
         let revision = self.state.revision.to_be_bytes();
         self.batch.put_meta(META_REVISION, &revision);
         self.db.apply(std::mem::take(&mut self.batch))?;
+        if let Some((at, keep)) = self.planned_compaction.take() {
+            self.compacted_revision.store(at, Ordering::Release);
+            self.compactor.schedule(at, keep);
+        }
         // One message per revision, so that the feed's capacity bounds how
         // many revisions a slow subscriber may fall behind before it lags.
         let events = std::mem::take(&mut self.events);
@@ -575,24 +707,12 @@ impl Applier<'_> {
         if at > self.state.revision {
             return Err(EtcdError::FutureRevision);
         }
-        let keep: std::collections::HashSet<Revision> =
-            self.state.index.compact(at).into_iter().collect();
-        // Rows at `at` itself stay, tombstones included: a watch that starts
-        // at the compacted revision still sees its delete events.
-        let end = Revision::new(at, 0);
-        let stale_stored = self
-            .db
-            .rows(Revision::default(), end)
-            .map(|row| row.expect("state db read failed").rev);
-        let stale_pending = self.pending.keys().copied().filter(|rev| *rev < end);
-        let stale: Vec<Revision> = stale_stored
-            .chain(stale_pending)
-            .filter(|rev| !keep.contains(rev))
-            .collect();
-        for rev in stale {
-            self.pending.remove(&rev);
-            self.batch.remove_row(rev);
-        }
+        // The index forgets the unreachable revisions now; the compactor
+        // deletes their rows after this batch is stored. Rows at `at` itself
+        // stay, tombstones included: a watch that starts at the compacted
+        // revision still sees its delete events.
+        let keep = self.state.index.compact(at).into_iter().collect();
+        self.planned_compaction = Some((at, keep));
         self.state.compact_revision = at;
         self.batch
             .put_meta(META_COMPACT_REVISION, &at.to_be_bytes());
@@ -866,5 +986,116 @@ mod tests {
         apply(&store, &[put("a", "4")]);
         let kv = &get(&store, "a", 0).unwrap().kvs[0];
         assert_eq!((kv.create_revision, kv.version), (2, 4));
+    }
+
+    fn compact(revision: i64) -> WriteRequest {
+        WriteRequest::Compact(CompactionRequest {
+            revision,
+            physical: true,
+        })
+    }
+
+    fn stored_revisions(store: &Store) -> Vec<i64> {
+        store
+            .db()
+            .all_rows()
+            .map(|row| row.unwrap().rev.main)
+            .collect()
+    }
+
+    fn all_keys(store: &Store) -> RangeResponse {
+        store
+            .range(&RangeRequest {
+                key: b("\0"),
+                range_end: b("\0"),
+                ..Default::default()
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn compaction_deletes_unreachable_rows_off_the_apply_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        apply(&store, &[put("a", "1"), put("a", "2"), put("b", "1")]);
+        let pin = store.compactor.pin();
+        apply(&store, &[compact(3)]);
+        assert_eq!(get(&store, "a", 2), Err(EtcdError::Compacted));
+        assert_eq!(
+            stored_revisions(&store),
+            vec![2, 3, 4],
+            "no row is deleted while pinned"
+        );
+        drop(pin);
+        store.wait_compacted(3).unwrap();
+        assert_eq!(stored_revisions(&store), vec![3, 4]);
+        assert_eq!(
+            store
+                .db()
+                .meta(META_COMPACTED_REVISION)
+                .unwrap()
+                .unwrap()
+                .as_ref(),
+            3i64.to_be_bytes()
+        );
+    }
+
+    #[test]
+    fn a_compaction_cut_short_is_finished_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path());
+            apply(&store, &[put("a", "1"), put("a", "2"), put("a", "3")]);
+            let _pin = store.compactor.pin();
+            apply(&store, &[compact(4)]);
+            store.db().flush_durable().unwrap();
+            assert_eq!(stored_revisions(&store), vec![2, 3, 4]);
+        }
+        let store = open(dir.path());
+        store.wait_compacted(4).unwrap();
+        assert_eq!(stored_revisions(&store), vec![4]);
+        let kv = &get(&store, "a", 0).unwrap().kvs[0];
+        assert_eq!((kv.create_revision, kv.version), (2, 3));
+    }
+
+    #[test]
+    fn a_snapshot_streams_while_applies_go_on_and_installs_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let leader = open(&dir.path().join("leader"));
+        apply(&leader, &[put("a", "1"), put("b", "1"), put("a", "2")]);
+        apply(&leader, &[compact(3)]);
+        leader.wait_compacted(3).unwrap();
+        apply(&leader, &[put("c", "1")]);
+        let expected = all_keys(&leader);
+        let hash = leader.hash_kv(0).unwrap();
+
+        let path = dir.path().join("current.snap");
+        let snapshot = leader.begin_snapshot().unwrap();
+        // Applies and compactions go on while the rows are streamed.
+        apply(&leader, &[put("a", "3"), put("d", "1"), compact(6)]);
+        let mut writer = SnapshotWriter::create(&path, b"meta").unwrap();
+        snapshot.write_to(&mut writer).unwrap();
+        writer.finish(&path).unwrap();
+        leader.wait_compacted(6).unwrap();
+
+        let follower = open(&dir.path().join("follower"));
+        apply(&follower, &[put("stale", "1")]);
+        let mut feed = follower.subscribe();
+        follower
+            .install(&mut SnapshotReader::open(&path).unwrap())
+            .unwrap();
+        assert!(
+            feed.try_recv().unwrap().is_empty(),
+            "subscribers hear that the state was replaced"
+        );
+        assert!(!follower.install_interrupted().unwrap());
+        assert_eq!(follower.revision(), 5);
+        assert_eq!(follower.compact_revision(), 3);
+        assert_eq!(all_keys(&follower), expected);
+        assert_eq!(follower.hash_kv(0).unwrap(), hash);
+        assert_eq!(get(&follower, "a", 2), Err(EtcdError::Compacted));
+        apply(&follower, &[put("a", "3")]);
+        let kv = &get(&follower, "a", 0).unwrap().kvs[0];
+        assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 6, 3));
     }
 }

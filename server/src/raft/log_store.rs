@@ -7,6 +7,7 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -34,6 +35,8 @@ struct Inner {
 pub struct LogStore {
     inner: Arc<Mutex<Inner>>,
     syncer: Syncer,
+    /// The last committed index openraft reported (Status.raftIndex).
+    committed_index: Arc<AtomicU64>,
 }
 
 fn decode(bytes: &[u8]) -> std::io::Result<Entry> {
@@ -73,7 +76,13 @@ impl LogStore {
                 last_log_id,
             })),
             syncer: Syncer::start()?,
+            committed_index: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// The committed index as openraft reports it, for status readers.
+    pub fn committed_index(&self) -> Arc<AtomicU64> {
+        self.committed_index.clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -151,6 +160,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// Remembered so that a restart re-applies what sled had not flushed
     /// before serving; a stale value only shortens that re-apply.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        if let Some(id) = committed {
+            self.committed_index.fetch_max(id.index, Ordering::Relaxed);
+        }
         let bytes = postcard::to_stdvec(&committed)
             .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
         self.lock()

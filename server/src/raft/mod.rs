@@ -14,6 +14,7 @@ mod state_machine;
 mod types;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ballast_proto::etcdserverpb::{
@@ -50,6 +51,8 @@ const META_IDENTITY: &str = "identity";
 const SNAPSHOT_CATCH_UP_ENTRIES: u64 = 5000;
 /// Pause before asking the leader's lessor again, as etcd's renew loop.
 const LEASE_RETRY_INTERVAL: Duration = Duration::from_millis(50);
+/// Pause before publishing this member's attributes again.
+const PUBLISH_RETRY_INTERVAL: Duration = Duration::from_millis(100);
 /// Attempts at finding a leader for a membership change.
 const LEADER_ATTEMPTS: usize = 3;
 
@@ -58,7 +61,8 @@ const LEADER_ATTEMPTS: usize = 3;
 pub struct RaftStatus {
     pub leader: u64,
     pub term: u64,
-    pub last_index: u64,
+    /// The committed index (etcd's raftIndex).
+    pub committed_index: u64,
     pub applied_index: u64,
 }
 
@@ -76,6 +80,7 @@ pub struct RaftNode {
     request_timeout: Duration,
     identity: Identity,
     stop_peers: tokio::sync::watch::Sender<bool>,
+    committed_index: Arc<std::sync::atomic::AtomicU64>,
     peer_server:
         std::sync::Mutex<Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>>,
 }
@@ -152,7 +157,7 @@ impl RaftNode {
         let store = Arc::new(
             tokio::task::spawn_blocking(move || Store::open(StateDb::open(&db_dir)?)).await??,
         );
-        let identity = match store.db().meta(META_IDENTITY)? {
+        let identity = match store.db().own_meta(META_IDENTITY)? {
             Some(bytes) => postcard::from_bytes(&bytes)?,
             None => {
                 let identity = if config.initial_cluster_state == "existing" {
@@ -170,7 +175,7 @@ impl RaftNode {
                     )?
                 };
                 let mut batch = StateBatch::default();
-                batch.put_meta(META_IDENTITY, &postcard::to_stdvec(&identity)?);
+                batch.put_own_meta(META_IDENTITY, &postcard::to_stdvec(&identity)?);
                 store.db().apply(batch)?;
                 store.db().flush_durable()?;
                 identity
@@ -197,6 +202,7 @@ impl RaftNode {
         }
         .validate()?;
         let log_store = LogStore::open(&member_dir.join("wal"))?;
+        let committed_index = log_store.committed_index();
         let state_machine = StateMachine::open(store.clone(), member_dir.join("snap"))?;
         let peers = PeerNetwork::new(identity.cluster_id, peer_source_address(config));
         let raft = Raft::new(
@@ -251,6 +257,7 @@ impl RaftNode {
             identity,
             stop_peers,
             peer_server: std::sync::Mutex::new(Some(peer_server)),
+            committed_index,
         };
         node.wait_until_serving().await?;
         node.publish_attributes(Attributes {
@@ -270,12 +277,22 @@ impl RaftNode {
         if known.get(&self.identity.member_id) == Some(&attributes) {
             return Ok(());
         }
-        let command = Command::PublishAttributes {
-            member_id: self.identity.member_id,
-            attributes,
-        };
-        self.submitter.submit(command).await?;
-        Ok(())
+        // A leader change while members start is common; publishing twice
+        // is harmless, so retry until it lands, as etcd's publish loop does.
+        loop {
+            let command = Command::PublishAttributes {
+                member_id: self.identity.member_id,
+                attributes: attributes.clone(),
+            };
+            match self.submitter.submit(command).await {
+                Ok(_) => return Ok(()),
+                Err(EtcdError::Stopped) => return Err(EtcdError::Stopped.into()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "publishing member attributes failed; retrying");
+                    tokio::time::sleep(PUBLISH_RETRY_INTERVAL).await;
+                }
+            }
+        }
     }
 
     async fn wait_until_serving(&self) -> anyhow::Result<()> {
@@ -324,11 +341,15 @@ impl RaftNode {
     pub fn status(&self) -> RaftStatus {
         let metrics = self.raft.metrics();
         let m: &RaftMetrics<u64, Member> = &metrics.borrow();
+        let applied_index = m.last_applied.map_or(0, |id| id.index);
         RaftStatus {
             leader: m.current_leader.unwrap_or(0),
             term: m.current_term,
-            last_index: m.last_log_index.unwrap_or(0),
-            applied_index: m.last_applied.map_or(0, |id| id.index),
+            committed_index: self
+                .committed_index
+                .load(Ordering::Relaxed)
+                .max(applied_index),
+            applied_index,
         }
     }
 
@@ -540,14 +561,25 @@ impl RaftNode {
         &self,
         request: CompactionRequest,
     ) -> Result<CompactionResponse, EtcdError> {
-        match self
+        let (at, physical) = (request.revision, request.physical);
+        let response = match self
             .proposer
             .propose(WriteRequest::Compact(request))
             .await?
         {
-            WriteResponse::Compact(response) => Ok(response),
+            WriteResponse::Compact(response) => response,
             other => unreachable!("compact answered with {other:?}"),
+        };
+        // etcd answers a physical compaction once this member has deleted
+        // the compacted rows.
+        if physical {
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.wait_compacted(at))
+                .await
+                .map_err(|_| EtcdError::Stopped)?
+                .map_err(|_| EtcdError::Stopped)?;
         }
+        Ok(response)
     }
 
     pub async fn range(&self, request: RangeRequest) -> Result<RangeResponse, EtcdError> {

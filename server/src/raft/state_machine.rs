@@ -3,29 +3,38 @@
 //! Each `apply` call is one atomic sled batch that also records the applied
 //! log id and membership, so a restart never applies an entry twice; what
 //! sled lost in a crash is re-applied from the log.
+//!
+//! Snapshots are files in `member/snap/` (see `storage::snapshot`): built
+//! by streaming the store's rows while applies go on, sent to peers in
+//! chunks straight from the file, and installed from the received file.
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::io::{Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{
     EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::types::{
     Attributes, Command, CommandResponse, Entry, LogId, Member, StorageError, StoredMembership,
     TypeConfig, io_error,
 };
 use crate::mvcc::Store;
-use crate::storage::db::meta_in_export;
-use crate::storage::wal::StateFile;
+use crate::storage::snapshot::{SnapshotReader, SnapshotWriter};
 
 const META_APPLIED: &str = "applied";
 const META_MEMBERSHIP: &str = "membership";
 const META_ATTRIBUTES: &str = "attributes";
+/// The latest snapshot, built here or received from the leader.
+const CURRENT_SNAPSHOT: &str = "current.snap";
+/// A snapshot being received from the leader, chunk by chunk.
+const RECEIVING_SNAPSHOT: &str = "receiving.snap";
+
+type Meta = SnapshotMeta<u64, Member>;
 
 /// The name and client URLs each member published.
 pub fn attributes(store: &Store) -> std::io::Result<BTreeMap<u64, Attributes>> {
@@ -36,16 +45,112 @@ fn sm_error(verb: ErrorVerb) -> impl Fn(std::io::Error) -> StorageError {
     move |e| io_error(ErrorSubject::StateMachine, verb, e)
 }
 
-/// A snapshot as stored in `member/snap/` and sent to peers.
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta<u64, Member>,
-    data: Vec<u8>,
+fn snapshot_error(verb: ErrorVerb) -> impl Fn(std::io::Error) -> StorageError {
+    move |e| io_error(ErrorSubject::Snapshot(None), verb, e)
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> std::io::Result<T> {
+    postcard::from_bytes(bytes).map_err(std::io::Error::other)
+}
+
+/// The snapshot files of one member. Builds and installs take `busy`, so
+/// that `current.snap` always holds the snapshot last made or installed.
+struct SnapshotFiles {
+    dir: PathBuf,
+    busy: Mutex<()>,
+}
+
+impl SnapshotFiles {
+    fn current(&self) -> PathBuf {
+        self.dir.join(CURRENT_SNAPSHOT)
+    }
+
+    fn receiving(&self) -> PathBuf {
+        self.dir.join(RECEIVING_SNAPSHOT)
+    }
+
+    /// Builds a snapshot of the store's last applied state into
+    /// `current.snap`; returns its meta and the file, for sending.
+    fn build(&self, store: &Store) -> std::io::Result<(Meta, std::fs::File)> {
+        let _busy = self.busy.lock().expect("snapshot files lock poisoned");
+        let snapshot = store.begin_snapshot()?;
+        let last_log_id: Option<LogId> = snapshot
+            .meta(META_APPLIED)
+            .map(decode)
+            .transpose()?
+            .flatten();
+        let last_membership: StoredMembership = snapshot
+            .meta(META_MEMBERSHIP)
+            .map(decode)
+            .transpose()?
+            .unwrap_or_default();
+        let snapshot_id = match last_log_id {
+            Some(id) => format!("{}-{}", id.leader_id.term, id.index),
+            None => "0-0".to_string(),
+        };
+        let meta = Meta {
+            last_log_id,
+            last_membership,
+            snapshot_id,
+        };
+        // The log may be purged up to this snapshot once it returns, so the
+        // state it covers must be durable first.
+        store.db().flush_durable()?;
+        let path = self.current();
+        let header = postcard::to_stdvec(&meta).map_err(std::io::Error::other)?;
+        let mut writer = SnapshotWriter::create(&path, &header)?;
+        snapshot.write_to(&mut writer)?;
+        Ok((meta, writer.finish(&path)?))
+    }
+
+    /// The latest snapshot's meta and file, if there is one.
+    fn current_snapshot(&self) -> std::io::Result<Option<(Meta, std::fs::File)>> {
+        let path = self.current();
+        let mut file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let meta = decode(SnapshotReader::from_file(file.try_clone()?, &path)?.meta())?;
+        file.seek(SeekFrom::Start(0))?;
+        Ok(Some((meta, file)))
+    }
+
+    /// Checks the received snapshot, makes it the current one, and replaces
+    /// the store's state with it. `data` is normally `receiving.snap`, as
+    /// [`RaftStateMachine::begin_receiving_snapshot`] opened it; any other
+    /// file is copied there first.
+    fn install(&self, store: &Store, meta: &Meta, mut data: std::fs::File) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let _busy = self.busy.lock().expect("snapshot files lock poisoned");
+        let received = self.receiving();
+        let is_received = std::fs::metadata(&received)
+            .is_ok_and(|at_path| at_path.ino() == data.metadata().map(|m| m.ino()).unwrap_or(0));
+        if !is_received {
+            data.seek(SeekFrom::Start(0))?;
+            let mut copy = std::fs::File::create(&received)?;
+            std::io::copy(&mut data, &mut copy)?;
+            copy.sync_all()?;
+        }
+        drop(data);
+        SnapshotReader::verify(&received)?;
+        let described: Meta = decode(SnapshotReader::open(&received)?.meta())?;
+        if described.last_log_id != meta.last_log_id {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the received snapshot is not the one announced",
+            ));
+        }
+        let current = self.current();
+        std::fs::rename(&received, &current)?;
+        crate::storage::wal::sync_dir(&self.dir)?;
+        store.install(&mut SnapshotReader::open(&current)?)
+    }
 }
 
 pub struct StateMachine {
     store: Arc<Store>,
-    snapshot_file: Arc<StateFile>,
+    files: Arc<SnapshotFiles>,
     applied: Option<LogId>,
     membership: StoredMembership,
 }
@@ -54,22 +159,40 @@ fn read_meta<T: for<'de> Deserialize<'de>>(
     store: &Store,
     name: &str,
 ) -> std::io::Result<Option<T>> {
-    match store.db().meta(name)? {
-        Some(bytes) => postcard::from_bytes(&bytes)
-            .map(Some)
-            .map_err(std::io::Error::other),
-        None => Ok(None),
+    store
+        .db()
+        .meta(name)?
+        .map(|bytes| decode(&bytes))
+        .transpose()
+}
+
+fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 
 impl StateMachine {
+    /// Opens the state machine over `store`; finishes a snapshot install
+    /// that a crash cut short.
     pub fn open(store: Arc<Store>, snapshot_dir: PathBuf) -> std::io::Result<Self> {
         std::fs::create_dir_all(&snapshot_dir)?;
+        let files = SnapshotFiles {
+            dir: snapshot_dir,
+            busy: Mutex::new(()),
+        };
+        remove_if_present(&files.receiving())?;
+        remove_if_present(&files.current().with_extension("tmp"))?;
+        if store.install_interrupted()? {
+            tracing::warn!("a snapshot install was interrupted; installing it again");
+            store.install(&mut SnapshotReader::open(&files.current())?)?;
+        }
         let applied = read_meta::<Option<LogId>>(&store, META_APPLIED)?.flatten();
         let membership = read_meta(&store, META_MEMBERSHIP)?.unwrap_or_default();
         Ok(Self {
             store,
-            snapshot_file: Arc::new(StateFile::new(snapshot_dir.join("current.snap"))),
+            files: Arc::new(files),
             applied,
             membership,
         })
@@ -143,36 +266,34 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         SnapshotBuilder {
             store: self.store.clone(),
-            snapshot_file: self.snapshot_file.clone(),
+            files: self.files.clone(),
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let file = tokio::fs::File::create(self.files.receiving())
+            .await
+            .map_err(snapshot_error(ErrorVerb::Write))?;
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<u64, Member>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        meta: &Meta,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
-        let pairs: Vec<(Vec<u8>, Vec<u8>)> = postcard::from_bytes(&data)
-            .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        snapshot
+            .sync_all()
+            .await
+            .map_err(snapshot_error(ErrorVerb::Write))?;
+        let data = snapshot.into_std().await;
         let store = self.store.clone();
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
-        let snapshot_file = self.snapshot_file.clone();
-        tokio::task::spawn_blocking(move || {
-            store.replace(pairs)?;
-            store.db().flush_durable()?;
-            snapshot_file.store(&postcard::to_stdvec(&stored).map_err(std::io::Error::other)?)
-        })
-        .await
-        .map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Write, e))?
-        .map_err(sm_error(ErrorVerb::Write))?;
+        let files = self.files.clone();
+        let announced = meta.clone();
+        tokio::task::spawn_blocking(move || files.install(&store, &announced, data))
+            .await
+            .map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Write, e))?
+            .map_err(sm_error(ErrorVerb::Write))?;
         tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot from the leader");
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
@@ -180,71 +301,36 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let Some(bytes) = self
-            .snapshot_file
-            .load()
-            .map_err(sm_error(ErrorVerb::Read))?
-        else {
-            return Ok(None);
-        };
-        let stored: StoredSnapshot = postcard::from_bytes(&bytes)
-            .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
-        Ok(Some(Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+        let files = self.files.clone();
+        let current = tokio::task::spawn_blocking(move || files.current_snapshot())
+            .await
+            .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?
+            .map_err(snapshot_error(ErrorVerb::Read))?;
+        Ok(current.map(|(meta, file)| Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
         }))
     }
 }
 
-fn decode_meta<T: for<'de> Deserialize<'de>>(
-    pairs: &[(Vec<u8>, Vec<u8>)],
-    name: &str,
-) -> std::io::Result<Option<T>> {
-    meta_in_export(pairs, name)
-        .map(|bytes| postcard::from_bytes(bytes).map_err(std::io::Error::other))
-        .transpose()
-}
-
-/// Builds a full snapshot of the store off the apply path.
+/// Builds a snapshot off the apply path: applies wait only while the small
+/// state is read.
 pub struct SnapshotBuilder {
     store: Arc<Store>,
-    snapshot_file: Arc<StateFile>,
+    files: Arc<SnapshotFiles>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let store = self.store.clone();
-        let snapshot_file = self.snapshot_file.clone();
-        let stored = tokio::task::spawn_blocking(move || {
-            let pairs = store.export()?;
-            let data = postcard::to_stdvec(&pairs).map_err(std::io::Error::other)?;
-            let last_log_id: Option<LogId> = decode_meta(&pairs, META_APPLIED)?.flatten();
-            let last_membership: StoredMembership =
-                decode_meta(&pairs, META_MEMBERSHIP)?.unwrap_or_default();
-            let snapshot_id = match last_log_id {
-                Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, data.len()),
-                None => format!("0-0-{}", data.len()),
-            };
-            let stored = StoredSnapshot {
-                meta: SnapshotMeta {
-                    last_log_id,
-                    last_membership,
-                    snapshot_id,
-                },
-                data,
-            };
-            // The log may be purged up to this snapshot once it returns, so
-            // the state it covers must be durable first.
-            store.db().flush_durable()?;
-            snapshot_file.store(&postcard::to_stdvec(&stored).map_err(std::io::Error::other)?)?;
-            Ok::<_, std::io::Error>(stored)
-        })
-        .await
-        .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?
-        .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+        let files = self.files.clone();
+        let (meta, file) = tokio::task::spawn_blocking(move || files.build(&store))
+            .await
+            .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?
+            .map_err(snapshot_error(ErrorVerb::Write))?;
         Ok(Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
         })
     }
 }

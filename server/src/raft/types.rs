@@ -1,7 +1,5 @@
 //! openraft's type configuration and the commands Ballast replicates.
 
-use std::io::Cursor;
-
 use serde::{Deserialize, Serialize};
 
 use crate::errors::EtcdError;
@@ -48,7 +46,7 @@ openraft::declare_raft_types!(
         R = CommandResponse,
         NodeId = u64,
         Node = Member,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;

@@ -3,7 +3,9 @@
 //! One tree with one-byte prefixes, so that an applied Raft batch (MVCC rows,
 //! applied log id, membership) is a single atomic `sled::Batch`:
 //! `k` + revision -> kind byte + `mvccpb.KeyValue`; `l` + lease id -> the
-//! lease's TTLs; `m` + name -> metadata.
+//! lease's TTLs; `m` + name -> replicated metadata; `o` + name -> this
+//! member's own metadata (its identity), which a snapshot neither carries
+//! nor replaces.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -12,10 +14,16 @@ use ballast_proto::mvccpb::KeyValue;
 use prost::Message;
 
 use super::revision::{REVISION_BYTES, Revision};
+use super::snapshot::Pair;
 
 const KV_PREFIX: u8 = b'k';
 const META_PREFIX: u8 = b'm';
 const LEASE_PREFIX: u8 = b'l';
+const OWN_PREFIX: u8 = b'o';
+/// The prefixes of replicated state, in a snapshot's order.
+const REPLICATED_PREFIXES: [u8; 3] = [KV_PREFIX, LEASE_PREFIX, META_PREFIX];
+/// Pairs removed per batch when a snapshot replaces the state.
+const CLEAR_BATCH: usize = 10_000;
 const PUT: u8 = 0;
 const TOMBSTONE: u8 = 1;
 
@@ -57,6 +65,7 @@ fn decode_lease(key: &[u8], value: &[u8]) -> std::io::Result<LeaseRow> {
     })
 }
 
+#[derive(Clone)]
 pub struct StateDb {
     db: sled::Db,
     path: PathBuf,
@@ -68,11 +77,15 @@ fn kv_key(rev: Revision) -> [u8; 1 + REVISION_BYTES] {
     key
 }
 
-fn meta_key(name: &str) -> Vec<u8> {
+fn named_key(prefix: u8, name: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + name.len());
-    key.push(META_PREFIX);
+    key.push(prefix);
     key.extend_from_slice(name.as_bytes());
     key
+}
+
+fn meta_key(name: &str) -> Vec<u8> {
+    named_key(META_PREFIX, name)
 }
 
 fn decode_row(key: &[u8], value: &[u8]) -> std::io::Result<Row> {
@@ -169,10 +182,39 @@ impl StateDb {
         self.db.size_on_disk().unwrap_or(0)
     }
 
-    /// Every stored (key, value) pair, for a full snapshot.
-    pub fn export(&self) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    /// This member's own metadata `name`, which snapshots leave alone.
+    pub fn own_meta(&self, name: &str) -> std::io::Result<Option<sled::IVec>> {
         self.db
-            .iter()
+            .get(named_key(OWN_PREFIX, name))
+            .map_err(std::io::Error::other)
+    }
+
+    /// The stored revisions in `from..to`, at most `limit` of them.
+    pub fn row_revisions(
+        &self,
+        from: Revision,
+        to: Revision,
+        limit: usize,
+    ) -> std::io::Result<Vec<Revision>> {
+        self.db
+            .range(kv_key(from)..kv_key(to))
+            .keys()
+            .take(limit)
+            .map(|key| {
+                let key = key.map_err(std::io::Error::other)?;
+                Revision::from_bytes(&key[1..]).ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, "bad revision key")
+                })
+            })
+            .collect()
+    }
+
+    /// The replicated pairs other than rows (lease and metadata rows): small,
+    /// read under the store's lock when a snapshot starts.
+    pub fn small_pairs(&self) -> std::io::Result<Vec<Pair>> {
+        [LEASE_PREFIX, META_PREFIX]
+            .into_iter()
+            .flat_map(|prefix| self.db.scan_prefix([prefix]))
             .map(|item| {
                 let (k, v) = item.map_err(std::io::Error::other)?;
                 Ok((k.to_vec(), v.to_vec()))
@@ -180,26 +222,57 @@ impl StateDb {
             .collect()
     }
 
-    /// Replaces the whole database with `pairs` from [`StateDb::export`].
-    pub fn import(&self, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> std::io::Result<()> {
-        let mut batch = sled::Batch::default();
-        for item in self.db.iter().keys() {
-            batch.remove(item.map_err(std::io::Error::other)?);
+    /// The stored rows below `to` as raw pairs, in revision order.
+    pub fn row_pairs(&self, to: Revision) -> impl Iterator<Item = std::io::Result<Pair>> + '_ {
+        self.db
+            .range(kv_key(Revision::new(0, 0))..kv_key(to))
+            .map(|item| {
+                let (k, v) = item.map_err(std::io::Error::other)?;
+                Ok((k.to_vec(), v.to_vec()))
+            })
+    }
+
+    /// Removes every replicated pair, in bounded batches.
+    pub fn clear_replicated(&self) -> std::io::Result<()> {
+        for prefix in REPLICATED_PREFIXES {
+            loop {
+                let keys = self
+                    .db
+                    .scan_prefix([prefix])
+                    .keys()
+                    .take(CLEAR_BATCH)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(std::io::Error::other)?;
+                if keys.is_empty() {
+                    break;
+                }
+                let mut batch = sled::Batch::default();
+                for key in keys {
+                    batch.remove(key);
+                }
+                self.db.apply_batch(batch).map_err(std::io::Error::other)?;
+            }
         }
-        for (k, v) in pairs {
-            batch.insert(k, v);
+        Ok(())
+    }
+
+    /// Stores replicated pairs read from a snapshot; refuses any other kind.
+    pub fn insert_pairs(&self, pairs: Vec<Pair>) -> std::io::Result<()> {
+        let mut batch = sled::Batch::default();
+        for (key, value) in pairs {
+            if !key
+                .first()
+                .is_some_and(|prefix| REPLICATED_PREFIXES.contains(prefix))
+            {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "snapshot holds a pair that is not replicated state",
+                ));
+            }
+            batch.insert(key, value);
         }
         self.db.apply_batch(batch).map_err(std::io::Error::other)
     }
-}
-
-/// The value of metadata `name` in pairs from [`StateDb::export`].
-pub fn meta_in_export<'a>(pairs: &'a [(Vec<u8>, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
-    let key = meta_key(name);
-    pairs
-        .iter()
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| v.as_slice())
 }
 
 /// Writes that become visible together in [`StateDb::apply`].
@@ -233,5 +306,17 @@ impl StateBatch {
 
     pub fn put_meta(&mut self, name: &str, value: &[u8]) {
         self.batch.insert(meta_key(name), value);
+    }
+
+    pub fn remove_meta(&mut self, name: &str) {
+        self.batch.remove(meta_key(name));
+    }
+
+    pub fn put_own_meta(&mut self, name: &str, value: &[u8]) {
+        self.batch.insert(named_key(OWN_PREFIX, name), value);
+    }
+
+    pub fn remove_own_meta(&mut self, name: &str) {
+        self.batch.remove(named_key(OWN_PREFIX, name));
     }
 }

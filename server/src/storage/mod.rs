@@ -3,4 +3,5 @@
 
 pub mod db;
 pub mod revision;
+pub mod snapshot;
 pub mod wal;

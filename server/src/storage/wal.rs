@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
-const HEADER_BYTES: usize = 8;
+pub(crate) const HEADER_BYTES: usize = 8;
 const SEGMENT_SUFFIX: &str = ".wal";
 
 #[derive(Debug, Clone, Copy)]
@@ -43,11 +43,11 @@ fn segment_path(dir: &Path, first_index: u64) -> PathBuf {
     dir.join(format!("{first_index:016x}{SEGMENT_SUFFIX}"))
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn frame(payload: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(payload: &[u8]) -> Vec<u8> {
     let mut record = Vec::with_capacity(HEADER_BYTES + payload.len());
     record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     record.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());

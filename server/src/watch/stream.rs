@@ -209,6 +209,12 @@ impl WatchStream {
     /// Sends the changes of one feed batch to every synced watcher, one
     /// response per revision, as etcd notifies once per write.
     async fn deliver(&mut self, changes: &Changes) -> Result<(), Gone> {
+        if changes.is_empty() {
+            // A snapshot replaced the store: every watcher catches up from
+            // storage, as after a lag.
+            self.seen_rev = self.store.revision();
+            return Ok(());
+        }
         let Some(last) = changes
             .last()
             .and_then(|e| e.kv.as_ref())

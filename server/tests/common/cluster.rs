@@ -118,6 +118,8 @@ impl Cluster {
             .open(&member.log)
             .expect("member log");
         let child = Command::new(env!("CARGO_BIN_EXE_ballast"))
+            // A member's panic message, not a backtrace, belongs in the log tail.
+            .env("RUST_BACKTRACE", "0")
             .args(["--name", &member.name])
             .arg("--data-dir")
             .arg(&member.data_dir)

@@ -46,10 +46,15 @@ pub fn free_port() -> u16 {
     static USED: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
     let mut used = USED.lock().unwrap_or_else(|e| e.into_inner());
     let used = used.get_or_insert_with(HashSet::new);
+    // Below Linux's ephemeral range (32768 up): a port from that range can
+    // be taken by some outgoing connection before the member binds it.
     loop {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = listener.local_addr().expect("local_addr").port();
-        if used.insert(port) {
+        let random = std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            std::time::Instant::now(),
+        );
+        let port = 15_000 + (random % 17_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && used.insert(port) {
             return port;
         }
     }
