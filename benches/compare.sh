@@ -228,8 +228,24 @@ run_topology() {
             done
         done
     done
+    if ((size == 3)); then
+        for target in "${TARGETS[@]}"; do
+            check_perf "$target" "$target$size"
+        done
+    fi
     stop_cluster "etcd$size"
     stop_cluster "ballast$size"
+}
+
+# check_perf TARGET CLUSTER: etcdctl's own verdict (`check perf --load=m`,
+# 60 s of writes) against the cluster, kept in CHECK_PERF[TARGET].
+declare -A CHECK_PERF=()
+check_perf() {
+    local target=$1 cluster=$2 out
+    out=$(ETCDCTL_API=3 timeout "$RUN_TIMEOUT" "$ETCDCTL" --endpoints "${ENDPOINT[$cluster]}" \
+        check perf --load=m 2>&1 | grep -E '^(PASS|FAIL)' | tr '\n' ';' || true)
+    CHECK_PERF[$target]=${out:-no verdict}
+    echo "  $target check perf --load=m: ${CHECK_PERF[$target]}"
 }
 
 run_topology 1 "${WORKLOADS[@]}"
@@ -327,6 +343,16 @@ else
 fi
 
 mkdir -p "$(dirname "$OUT")"
+# The ratio chart: one line per workload, drawn by ballast-bench next to the report.
+CHART="$(dirname "$OUT")/benchmarks.svg"
+for workload in "${ALL_WORKLOADS[@]}"; do
+    IFS='|' read -r label _ _ <<<"$workload"
+    printf '%s\t%s\t%s\n' "$label" \
+        "$(ratio "$(median ballast "$label" "$(throughput_field "$label")")" "$(median etcd "$label" "$(throughput_field "$label")")")" \
+        "$(ratio "$(median ballast "$label" .latency_ms.p99)" "$(median etcd "$label" .latency_ms.p99)")"
+done >"$WORK/ratios.tsv"
+"$BENCH" chart --input "$WORK/ratios.tsv" --output "$CHART"
+
 {
     echo "# Benchmarks"
     echo
@@ -339,6 +365,8 @@ mkdir -p "$(dirname "$OUT")"
     echo "One member of each, then three members of each on loopback (the \`3m-\`"
     echo "workloads, clients spread over the members); fsync on, same filesystem."
     echo "Throughput above 1 and latency or memory below 1 favour Ballast."
+    echo
+    echo "![Ballast / etcd: throughput and p99 latency per workload]($(basename "$CHART"))"
     echo
     echo "| workload | throughput | p50 latency | p99 latency |"
     echo "| --- | --- | --- | --- |"
@@ -357,6 +385,11 @@ mkdir -p "$(dirname "$OUT")"
     echo "- on-disk size of the data dir: $(ratio "${DISK_BYTES[ballast]}" "${DISK_BYTES[etcd]}") (etcd $(mib $((DISK_BYTES[etcd] / 1024))) MiB, Ballast $(mib $((DISK_BYTES[ballast] / 1024))) MiB);"
     echo "- restart to the first answered Range: $(ratio "${RESTART_SECS[ballast]}" "${RESTART_SECS[etcd]}") (etcd $(fmt "${RESTART_SECS[etcd]}" 2) s, Ballast $(fmt "${RESTART_SECS[ballast]}" 2) s);"
     echo "- load rate: $(ratio "${LOAD_RATE[ballast]}" "${LOAD_RATE[etcd]}") (etcd ${LOAD_RATE[etcd]} puts/s, Ballast ${LOAD_RATE[ballast]} puts/s)."
+    echo
+    echo "\`etcdctl check perf --load=m\` against the three members of each (etcdctl 3.4's verdict lines):"
+    echo
+    echo "- etcd: ${CHECK_PERF[etcd]}"
+    echo "- Ballast: ${CHECK_PERF[ballast]}"
     echo
     echo "Peak RSS (VmHWM over the runs), Ballast / etcd:"
     echo
@@ -427,10 +460,6 @@ mkdir -p "$(dirname "$OUT")"
         echo
         printf '%s\n' "$notes" "$errors" | sed '/^$/d; s/^/- /'
     fi
-    echo
-    echo "## Not measured yet"
-    echo
-    echo "- An SVG chart of the ratios."
     echo
     echo "## How it was run"
     echo

@@ -7,7 +7,7 @@
 #    --snapshot-count 2000, so that snapshots of the loaded store are built
 #    every 2000 entries.
 # 2. Measures puts from 10 clients while those snapshots are built, then
-#    while a follower that missed the purged log is sent one.
+#    while a fourth member, added after the log was purged, is sent one.
 # Prints ballast-bench's JSON lines; the max and p99.9 latencies are the
 # figures to compare with p50.
 set -euo pipefail
@@ -35,6 +35,7 @@ initial=""
 for i in 1 2 3; do
     initial+="${initial:+,}s$i=http://127.0.0.1:$((base + 10 + i))"
 done
+state=new
 endpoints="127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2)),127.0.0.1:$((base + 3))"
 # start_member I SNAPSHOT_COUNT
 start_member() {
@@ -44,7 +45,8 @@ start_member() {
         --advertise-client-urls "http://127.0.0.1:$((base + i))" \
         --listen-peer-urls "http://127.0.0.1:$((base + 10 + i))" \
         --initial-advertise-peer-urls "http://127.0.0.1:$((base + 10 + i))" \
-        --initial-cluster "$initial" --snapshot-count "$snapshot_count" \
+        --initial-cluster "$initial" --initial-cluster-state "$state" \
+        --snapshot-count "$snapshot_count" \
         >>"$WORK/s$i.log" 2>&1 &
     PIDS[i]=$!
 }
@@ -69,11 +71,14 @@ echo "puts while snapshots of the loaded store are built"
 "$BENCH" --endpoints "$endpoints" --clients 10 --conns 10 --total "$MEASURE_TOTAL" \
     --key-space-size "$KEYS" --val-size "$VAL_SIZE" --json put
 
-echo "puts while a follower that missed the purged log receives a snapshot"
-kill -KILL "${PIDS[3]}"
-"$BENCH" --endpoints "${endpoints%,*}" --clients 10 --conns 10 --total 30000 \
-    --key-space-size "$KEYS" --val-size "$VAL_SIZE" --json put >/dev/null
-start_member 3 2000
-"$BENCH" --endpoints "${endpoints%,*}" --clients 10 --conns 10 --total "$MEASURE_TOTAL" \
+echo "puts while a member added after the log was purged receives a snapshot"
+ETCDCTL_API=3 etcdctl --endpoints "$endpoints" member add s4 \
+    --peer-urls "http://127.0.0.1:$((base + 14))" >/dev/null
+initial+=",s4=http://127.0.0.1:$((base + 14))"
+state=existing
+start_member 4 2000
+"$BENCH" --endpoints "$endpoints" --clients 10 --conns 10 --total "$MEASURE_TOTAL" \
     --key-space-size "$KEYS" --val-size "$VAL_SIZE" --json put
-grep -c "installed snapshot from the leader" "$WORK/s3.log" || true
+until ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$((base + 4))" endpoint health >/dev/null 2>&1; do sleep 0.5; done
+echo "snapshots installed by s4: $(grep -c "installed snapshot from the leader" "$WORK/s4.log" || true)"
+grep -h "installed snapshot\|receiv" "$WORK/s4.log" | head -5 || true

@@ -7,6 +7,7 @@
 //! ballast-bench --clients 100 --key-space-size 1000 range --consistency s
 //! ```
 
+mod chart;
 mod conn;
 mod keys;
 mod options;
@@ -58,11 +59,16 @@ enum Command {
     WatchFanout(WatchFanoutArgs),
     /// Keep-alive round trips: each client renews its own lease on its own keep-alive stream.
     LeaseKeepalive(LeaseKeepaliveArgs),
+    /// Draws Ballast / etcd ratios (a file of `label<TAB>throughput<TAB>p99` lines) as an SVG chart; sends no requests.
+    Chart(chart::ChartArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Chart(args) = &cli.workload {
+        return chart::draw(args);
+    }
     let options = cli.options;
     options.validate()?;
     let keys = KeySpace::new(&options);
@@ -75,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
         Command::WatchLatency => bench(WatchLatency::new(keys, value), &options).await,
         Command::WatchFanout(args) => bench(WatchFanout::new(args, keys, value)?, &options).await,
         Command::LeaseKeepalive(args) => bench(LeaseKeepalive::new(args)?, &options).await,
+        Command::Chart(_) => unreachable!("drawn above"),
     }
 }
 
