@@ -119,8 +119,7 @@ pub struct StoreSnapshot<'a> {
 impl StoreSnapshot<'_> {
     /// Replicated metadata `name` as of the snapshot.
     pub fn meta(&self, name: &str) -> Option<&[u8]> {
-        let mut key = vec![b'm'];
-        key.extend_from_slice(name.as_bytes());
+        let key = crate::storage::db::meta_key(name);
         self.small
             .iter()
             .find(|(k, _)| *k == key)

@@ -84,7 +84,8 @@ fn named_key(prefix: u8, name: &str) -> Vec<u8> {
     key
 }
 
-fn meta_key(name: &str) -> Vec<u8> {
+/// The stored key of replicated metadata `name` (also a snapshot pair's key).
+pub fn meta_key(name: &str) -> Vec<u8> {
     named_key(META_PREFIX, name)
 }
 
