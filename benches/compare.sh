@@ -43,6 +43,8 @@ CLUSTER_PUT1000_TOTAL=${BENCH_CLUSTER_PUT1000_TOTAL:-60000}
 CLUSTER_RANGE_TOTAL=${BENCH_CLUSTER_RANGE_TOTAL:-60000}
 # Keys loaded before measuring on-disk size and restart time.
 LARGE_KEYS=${BENCH_LARGE_KEYS:-1000000}
+# etcdctl check perf loads run against each 3-member cluster (60 s each).
+CHECK_PERF_LOADS=${BENCH_CHECK_PERF_LOADS:-m l}
 # A hang guard per run, not a measurement limit.
 RUN_TIMEOUT=${BENCH_RUN_TIMEOUT:-600}
 OUT=${BENCH_OUT:-docs/BENCHMARKS.md}
@@ -229,23 +231,26 @@ run_topology() {
         done
     done
     if ((size == 3)); then
-        for target in "${TARGETS[@]}"; do
-            check_perf "$target" "$target$size"
+        for load in $CHECK_PERF_LOADS; do
+            for target in "${TARGETS[@]}"; do
+                check_perf "$target" "$target$size" "$load"
+            done
         done
     fi
     stop_cluster "etcd$size"
     stop_cluster "ballast$size"
 }
 
-# check_perf TARGET CLUSTER: etcdctl's own verdict (`check perf --load=m`,
-# 60 s of writes) against the cluster, kept in CHECK_PERF[TARGET].
+# check_perf TARGET CLUSTER LOAD: etcdctl's own verdict (`check perf
+# --load=LOAD`, 60 s of writes) against the cluster, kept in
+# CHECK_PERF[TARGET-LOAD].
 declare -A CHECK_PERF=()
 check_perf() {
-    local target=$1 cluster=$2 out
+    local target=$1 cluster=$2 load=$3 out
     out=$(ETCDCTL_API=3 timeout "$RUN_TIMEOUT" "$ETCDCTL" --endpoints "${ENDPOINT[$cluster]}" \
-        check perf --load=m 2>&1 | grep -E '^(PASS|FAIL)' | tr '\n' ';' || true)
-    CHECK_PERF[$target]=${out:-no verdict}
-    echo "  $target check perf --load=m: ${CHECK_PERF[$target]}"
+        check perf --load="$load" 2>&1 | grep -E '^(PASS|FAIL)' | tr '\n' ';' || true)
+    CHECK_PERF[$target-$load]=${out:-no verdict}
+    echo "  $target check perf --load=$load: ${CHECK_PERF[$target-$load]}"
 }
 
 run_topology 1 "${WORKLOADS[@]}"
@@ -386,11 +391,13 @@ done >"$WORK/ratios.tsv"
     echo "- restart to the first answered Range: $(ratio "${RESTART_SECS[ballast]}" "${RESTART_SECS[etcd]}") (etcd $(fmt "${RESTART_SECS[etcd]}" 2) s, Ballast $(fmt "${RESTART_SECS[ballast]}" 2) s);"
     echo "- load rate: $(ratio "${LOAD_RATE[ballast]}" "${LOAD_RATE[etcd]}") (etcd ${LOAD_RATE[etcd]} puts/s, Ballast ${LOAD_RATE[ballast]} puts/s)."
     echo
-    echo "\`etcdctl check perf --load=m\` against the three members of each (etcdctl 3.4's verdict lines):"
-    echo
-    echo "- etcd: ${CHECK_PERF[etcd]}"
-    echo "- Ballast: ${CHECK_PERF[ballast]}"
-    echo
+    for load in $CHECK_PERF_LOADS; do
+        echo "\`etcdctl check perf --load=$load\` against the three members of each (etcdctl 3.4's verdict lines):"
+        echo
+        echo "- etcd: ${CHECK_PERF[etcd-$load]}"
+        echo "- Ballast: ${CHECK_PERF[ballast-$load]}"
+        echo
+    done
     echo "Peak RSS (VmHWM over the runs), Ballast / etcd:"
     echo
     echo "- one member: $(ratio "${RSS_KIB[ballast1]}" "${RSS_KIB[etcd1]}") (etcd $(mib "${RSS_KIB[etcd1]}") MiB, Ballast $(mib "${RSS_KIB[ballast1]}") MiB);"

@@ -23,9 +23,11 @@ BALLAST="$ROOT/target/release/ballast"
 BENCH="$ROOT/target/release/ballast-bench"
 WORK=$(mktemp -d "$ROOT/target/snapshot-stall.XXXXXX")
 declare -a PIDS=()
+LOGS="$ROOT/target/snapshot-stall-logs"
 cleanup() {
     kill -TERM "${PIDS[@]}" 2>/dev/null || true
     wait 2>/dev/null || true
+    rm -rf "$LOGS" && mkdir -p "$LOGS" && cp "$WORK"/s*.log "$LOGS"/ 2>/dev/null || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -79,6 +81,14 @@ state=existing
 start_member 4 2000
 "$BENCH" --endpoints "$endpoints" --clients 10 --conns 10 --total "$MEASURE_TOTAL" \
     --key-space-size "$KEYS" --val-size "$VAL_SIZE" --json put
-until ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$((base + 4))" endpoint health >/dev/null 2>&1; do sleep 0.5; done
+# s4 may need several snapshots: the log moves on while it installs one.
+deadline=$((SECONDS + 900))
+until ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$((base + 4))" --command-timeout 2s \
+    endpoint health >/dev/null 2>&1 || ((SECONDS > deadline)); do
+    sleep 0.5
+done
+echo "s4 health: $(ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$((base + 4))" endpoint health 2>&1 | tail -1)"
+echo "terms: $(ETCDCTL_API=3 etcdctl --endpoints "$endpoints" endpoint status -w json 2>/dev/null | grep -o '"raft_term":[0-9]*' | sort -u | tr '\n' ' ')"
 echo "snapshots installed by s4: $(grep -c "installed snapshot from the leader" "$WORK/s4.log" || true)"
-grep -h "installed snapshot\|receiv" "$WORK/s4.log" | head -5 || true
+echo "election pauses on s4 while receiving: $(grep -c "elections paused" "$WORK/s4.log" || true)"
+echo "member logs are kept in $LOGS"

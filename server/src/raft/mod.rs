@@ -3,6 +3,7 @@
 //! A later openraft upgrade touches this module only.
 
 mod bootstrap;
+mod election_pause;
 mod leases;
 mod log_store;
 mod membership;
@@ -32,6 +33,7 @@ pub use state_machine::StateMachine;
 pub use types::{Member, Raft, TypeConfig};
 
 use ballast_proto::ballastraftpb::raft_server::RaftServer;
+use election_pause::ElectionPause;
 use membership::Membership;
 use network::PeerNetwork;
 use peer_service::PeerService;
@@ -49,6 +51,12 @@ use read_barrier::ReadBarrier;
 const META_IDENTITY: &str = "identity";
 /// Log entries kept behind a snapshot, as etcd's SnapshotCatchUpEntries.
 const SNAPSHOT_CATCH_UP_ENTRIES: u64 = 5000;
+/// openraft's deadline for each snapshot chunk RPC. The last chunk answers
+/// only once the follower has installed the whole snapshot, minutes for a
+/// large store; openraft's 200 ms default made the leader give up on every
+/// large install and send the snapshot again. Peer pings still end the RPC
+/// in seconds if the follower goes silent.
+const SNAPSHOT_INSTALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Pause before asking the leader's lessor again, as etcd's renew loop.
 const LEASE_RETRY_INTERVAL: Duration = Duration::from_millis(50);
 /// Pause before publishing this member's attributes again.
@@ -106,6 +114,7 @@ async fn serve_peers(
         raft.clone(),
         membership.clone(),
         lease_leader.clone(),
+        ElectionPause::new(raft.clone(), Duration::from_millis(config.election_timeout)),
         identity.member_id,
         identity.cluster_id,
     ))
@@ -198,6 +207,7 @@ impl RaftNode {
             // fewer when snapshots are more frequent than that.
             max_in_snapshot_log_to_keep: config.snapshot_count.min(SNAPSHOT_CATCH_UP_ENTRIES),
             purge_batch_size: config.snapshot_count.clamp(1, 1024),
+            install_snapshot_timeout: SNAPSHOT_INSTALL_TIMEOUT.as_millis() as u64,
             ..Default::default()
         }
         .validate()?;

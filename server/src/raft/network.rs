@@ -31,6 +31,15 @@ use crate::errors::EtcdError;
 pub const MAX_PEER_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 /// How long a forwarded request may take before the client hears a timeout.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// A snapshot chunk other than the last is only written to a file on the
+/// follower; the last one waits for the whole install (openraft's
+/// `install_snapshot_timeout`).
+const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 pings on peer connections, so that an RPC to a member that went
+/// silent (a cut link, a frozen host) fails in seconds even when its own
+/// deadline is long, as a snapshot install's is.
+const PEER_PING_INTERVAL: Duration = Duration::from_secs(1);
+const PEER_PING_TIMEOUT: Duration = Duration::from_secs(3);
 
 type RpcResult<T, E = RaftError<u64>> = Result<T, RPCError<u64, Member, E>>;
 
@@ -143,6 +152,9 @@ impl PeerNetwork {
             .ok()?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
+            .http2_keep_alive_interval(PEER_PING_INTERVAL)
+            .keep_alive_timeout(PEER_PING_TIMEOUT)
+            .keep_alive_while_idle(true)
             .local_address(self.source_address)
             .connect_lazy();
         channels.retain(|(id, _), _| *id != target);
@@ -285,7 +297,7 @@ impl Peer {
     async fn raft_call<Req, Resp, E>(
         &mut self,
         message: &Req,
-        option: &RPCOption,
+        deadline: Duration,
         send: impl AsyncFnOnce(
             RaftClient<Channel>,
             PeerRequest,
@@ -306,7 +318,7 @@ impl Peer {
                 .map_err(Self::status_error)?;
             Self::decode::<Result<Resp, E>>(reply)
         };
-        let outcome = tokio::time::timeout(option.hard_ttl(), call).await;
+        let outcome = tokio::time::timeout(deadline, call).await;
         match outcome {
             Ok(Ok(Ok(response))) => Ok(response),
             Ok(Ok(Err(remote))) => {
@@ -344,7 +356,7 @@ impl RaftNetwork<TypeConfig> for Peer {
                 &std::io::Error::other("replication held for a leader transfer"),
             )));
         }
-        self.raft_call(&rpc, &option, async |mut client, request| {
+        self.raft_call(&rpc, option.hard_ttl(), async |mut client, request| {
             client.append_entries(request).await
         })
         .await
@@ -355,7 +367,12 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>> {
-        self.raft_call(&rpc, &option, async |mut client, request| {
+        let deadline = if rpc.done {
+            option.hard_ttl()
+        } else {
+            option.hard_ttl().min(SNAPSHOT_CHUNK_TIMEOUT)
+        };
+        self.raft_call(&rpc, deadline, async |mut client, request| {
             client.install_snapshot(request).await
         })
         .await
@@ -366,7 +383,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<u64>> {
-        self.raft_call(&rpc, &option, async |mut client, request| {
+        self.raft_call(&rpc, option.hard_ttl(), async |mut client, request| {
             client.vote(request).await
         })
         .await

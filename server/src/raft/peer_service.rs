@@ -5,12 +5,15 @@
 use ballast_proto::ballastraftpb::raft_server::Raft as PeerRaft;
 use ballast_proto::ballastraftpb::{PeerReply, PeerRequest};
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
 
 use super::LeaseLeaderSlot;
+use super::election_pause::ElectionPause;
 use super::leases::{LeaseAnswer, LeaseCall};
 use super::membership::{MemberChange, MemberChanged, Membership, Notice};
 use super::types::{Command, CommandResponse, LogId, Raft, TypeConfig};
@@ -20,6 +23,7 @@ pub struct PeerService {
     raft: Raft,
     membership: Membership,
     lease_leader: LeaseLeaderSlot,
+    election_pause: ElectionPause,
     member_id: u64,
     cluster_id: u64,
 }
@@ -29,6 +33,7 @@ impl PeerService {
         raft: Raft,
         membership: Membership,
         lease_leader: LeaseLeaderSlot,
+        election_pause: ElectionPause,
         member_id: u64,
         cluster_id: u64,
     ) -> Self {
@@ -36,6 +41,7 @@ impl PeerService {
             raft,
             membership,
             lease_leader,
+            election_pause,
             member_id,
             cluster_id,
         }
@@ -67,7 +73,16 @@ impl PeerRaft for PeerService {
         request: Request<PeerRequest>,
     ) -> Result<Response<PeerReply>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = self.open(request)?;
-        reply(&self.raft.append_entries(rpc).await)
+        let response = self.raft.append_entries(rpc).await;
+        if let Ok(
+            AppendEntriesResponse::Success
+            | AppendEntriesResponse::PartialSuccess(_)
+            | AppendEntriesResponse::Conflict,
+        ) = response
+        {
+            self.election_pause.leader_heard();
+        }
+        reply(&response)
     }
 
     async fn vote(&self, request: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
@@ -80,6 +95,7 @@ impl PeerRaft for PeerService {
         request: Request<PeerRequest>,
     ) -> Result<Response<PeerReply>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = self.open(request)?;
+        let _chunk = self.election_pause.chunk_started(rpc.done);
         reply(&self.raft.install_snapshot(rpc).await)
     }
 
