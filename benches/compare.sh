@@ -502,5 +502,9 @@ done >"$WORK/ratios.tsv"
     echo "| rustc | $(rustc --version) |"
     echo "| etcd | $("$ETCD" --version | head -n 1 | sed 's/^etcd Version: //') ($("$ETCD" --version | sed -n 's/^Go Version: //p')) |"
     echo "| Ballast | $ballast_revision |"
+    echo
+    echo "## Profiling: what we found and changed"
+    echo
+    cat "$ROOT/benches/profiling.md"
 } >"$OUT"
 echo "wrote $OUT"
