@@ -43,8 +43,9 @@ CLUSTER_PUT1000_TOTAL=${BENCH_CLUSTER_PUT1000_TOTAL:-60000}
 CLUSTER_RANGE_TOTAL=${BENCH_CLUSTER_RANGE_TOTAL:-60000}
 # Keys loaded before measuring on-disk size and restart time.
 LARGE_KEYS=${BENCH_LARGE_KEYS:-1000000}
-# etcdctl check perf loads run against each 3-member cluster (60 s each).
-CHECK_PERF_LOADS=${BENCH_CHECK_PERF_LOADS:-m l}
+# etcdctl check perf loads run against each 3-member cluster (60 s each;
+# BENCH_CHECK_PERF_LOADS="m l" adds the stretch goal, past the 20 minutes).
+CHECK_PERF_LOADS=${BENCH_CHECK_PERF_LOADS:-m}
 # A hang guard per run, not a measurement limit.
 RUN_TIMEOUT=${BENCH_RUN_TIMEOUT:-600}
 OUT=${BENCH_OUT:-docs/BENCHMARKS.md}
@@ -248,7 +249,7 @@ declare -A CHECK_PERF=()
 check_perf() {
     local target=$1 cluster=$2 load=$3 out
     out=$(ETCDCTL_API=3 timeout "$RUN_TIMEOUT" "$ETCDCTL" --endpoints "${ENDPOINT[$cluster]}" \
-        check perf --load="$load" 2>&1 | grep -E '^(PASS|FAIL)' | tr '\n' ';' || true)
+        check perf --load="$load" 2>&1 | grep -E '^(PASS|FAIL|Error)' | tr '\n' ';' || true)
     CHECK_PERF[$target-$load]=${out:-no verdict}
     echo "  $target check perf --load=$load: ${CHECK_PERF[$target-$load]}"
 }

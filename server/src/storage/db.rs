@@ -102,11 +102,6 @@ fn decode_row(key: &[u8], value: &[u8]) -> std::io::Result<Row> {
     })
 }
 
-/// sled's page cache. Reads are served from the in-memory index and the
-/// kernel's page cache; sled's default of 1 GiB only grew the member's RSS
-/// with every key written (about 0.8 KiB per key after a load).
-const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
-
 impl StateDb {
     pub fn open(dir: &Path) -> std::io::Result<Self> {
         let db = sled::Config::new()
@@ -114,7 +109,6 @@ impl StateDb {
             // Durability comes from the Raft log; our own flushes mark the
             // points where sled must be on disk (before a log purge).
             .flush_every_ms(Some(1000))
-            .cache_capacity(SLED_CACHE_BYTES)
             .open()
             .map_err(std::io::Error::other)?;
         Ok(Self {
