@@ -336,6 +336,12 @@ impl Store {
         self.feed.subscribe()
     }
 
+    /// Subscribes to the feed and tells where the subscription starts.
+    pub fn subscribe_at(&self) -> (broadcast::Receiver<Changes>, i64) {
+        let feed = self.feed.subscribe();
+        (feed, self.revision())
+    }
+
     /// The stored changes with revisions in `from..=to`, as watch events.
     /// Fails if history from `from` on has been compacted away.
     pub fn changes(&self, from: i64, to: i64) -> Result<Vec<Event>, EtcdError> {
@@ -958,6 +964,60 @@ mod tests {
         };
         assert_eq!(range.kvs[0].value, b("1"), "a txn reads its own writes");
         assert_eq!(store.revision(), 3);
+    }
+
+    /// A subscription taken while a commit of many revisions is being
+    /// published (as when a member applies a backlog) must start exactly
+    /// where the feed continues: the first revision it receives after its
+    /// starting point is the next one.
+    #[test]
+    fn a_subscription_during_a_long_commit_misses_no_revision() {
+        const PER_COMMIT: usize = 300;
+        const WANTED_MID_COMMIT: usize = 50;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(dir.path()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (store, stop) = (store.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let requests: Vec<WriteRequest> = (0..PER_COMMIT)
+                    .map(|i| put(&format!("k{i}"), "v"))
+                    .collect();
+                for _ in 0..2000 {
+                    if stop.load(Ordering::Relaxed) {
+                        return true;
+                    }
+                    apply(&store, &requests);
+                }
+                false
+            })
+        };
+        let mut mid_commit = 0;
+        while mid_commit < WANTED_MID_COMMIT && !writer.is_finished() {
+            let (mut feed, from) = store.subscribe_at();
+            let first_new = loop {
+                match feed.try_recv() {
+                    Ok(changes) if event_revision(&changes[0]) > from => {
+                        break Some(event_revision(&changes[0]));
+                    }
+                    Ok(_) => continue,
+                    Err(broadcast::error::TryRecvError::Empty) if !writer.is_finished() => {
+                        std::thread::yield_now();
+                    }
+                    Err(_) => break None,
+                }
+            };
+            let Some(first_new) = first_new else { continue };
+            assert_eq!(first_new, from + 1, "revisions after {from} skipped");
+            if (from - 1) % PER_COMMIT as i64 != 0 {
+                mid_commit += 1;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(
+            writer.join().unwrap(),
+            "only {mid_commit} subscriptions fell inside a commit"
+        );
     }
 
     #[test]

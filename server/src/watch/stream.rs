@@ -480,9 +480,82 @@ fn fragments(response: WatchResponse, fragment: bool, max_bytes: usize) -> Vec<W
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use ballast_proto::etcdserverpb::PutRequest;
     use ballast_proto::mvccpb::KeyValue;
 
     use super::*;
+    use crate::mvcc::WriteRequest;
+    use crate::storage::db::StateDb;
+    use crate::watch::WatchHub;
+
+    /// A member that applies a backlog commits far more revisions at once
+    /// than the feed holds, and the stream falls behind the feed while the
+    /// commit is still publishing them. Its synced watcher must still get
+    /// every revision exactly once, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_larger_than_the_feed_reaches_a_synced_watcher_whole() {
+        const REVISIONS: i64 = 20_000;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(StateDb::open(dir.path()).unwrap()).unwrap());
+        let hub = WatchHub::new(
+            store.clone(),
+            WatchConfig {
+                progress_notify_interval: Duration::from_secs(3600),
+                max_response_bytes: 1 << 20,
+            },
+        );
+        let (requests, request_rx) = mpsc::unbounded_channel();
+        let (out, mut responses) = mpsc::channel(16);
+        hub.serve(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(request_rx),
+            out,
+        );
+        requests
+            .send(Ok(WatchRequest {
+                request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                    key: vec![0].into(),
+                    range_end: vec![0].into(),
+                    ..Default::default()
+                })),
+            }))
+            .unwrap();
+        let created = responses.recv().await.unwrap().unwrap();
+        assert!(created.created);
+
+        let writer = store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut applier = writer.applier();
+            for i in 0..REVISIONS {
+                let put = WriteRequest::Put(PutRequest {
+                    key: format!("k{i}").into_bytes().into(),
+                    value: b"v".to_vec().into(),
+                    ..Default::default()
+                });
+                applier.execute(&put).unwrap();
+            }
+            applier.commit().unwrap();
+        });
+
+        let mut revisions = Vec::new();
+        while revisions.last() != Some(&(REVISIONS + 1)) {
+            let response = tokio::time::timeout(Duration::from_secs(30), responses.recv())
+                .await
+                .expect("no watch response within 30 s")
+                .unwrap()
+                .unwrap();
+            revisions.extend(response.events.iter().map(revision));
+        }
+        let first_wrong = (2..)
+            .zip(&revisions)
+            .find(|(expected, got)| *expected != **got);
+        assert_eq!(
+            (revisions.len() as i64, first_wrong),
+            (REVISIONS, None),
+            "revisions received, and the first (expected, got) out of place"
+        );
+    }
 
     #[test]
     fn large_responses_split_into_marked_fragments() {
