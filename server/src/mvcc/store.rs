@@ -102,6 +102,10 @@ pub struct Store {
     /// (every response header carries it). Set after the batch is in the
     /// feed, so whoever reads R finds every change up to R there.
     committed_revision: AtomicI64,
+    /// The revision of the last change handed to the feed, set just before
+    /// its message is sent: a subscriber that reads R after subscribing
+    /// receives every change after R, and finds every one up to R stored.
+    feed_revision: AtomicI64,
     /// The compact revision, readable without the lock.
     compacted_revision: AtomicI64,
     compactor: Compactor,
@@ -165,6 +169,7 @@ impl Store {
         Ok(Self {
             db,
             committed_revision: AtomicI64::new(loaded.state.revision),
+            feed_revision: AtomicI64::new(loaded.state.revision),
             compacted_revision: AtomicI64::new(loaded.state.compact_revision),
             state: RwLock::new(loaded.state),
             feed: broadcast::channel(CHANGE_FEED_CAPACITY).0,
@@ -222,6 +227,7 @@ impl Store {
             .store(state.compact_revision, Ordering::Release);
         self.committed_revision
             .store(state.revision, Ordering::Release);
+        self.feed_revision.store(state.revision, Ordering::Release);
         // An empty batch tells subscribers the state was replaced without
         // events: they catch up from storage.
         let _ = self.feed.send(Arc::new(Vec::new()));
@@ -336,10 +342,14 @@ impl Store {
         self.feed.subscribe()
     }
 
-    /// Subscribes to the feed and tells where the subscription starts.
+    /// Subscribes to the feed and tells where the subscription starts: every
+    /// change after the returned revision arrives on the receiver, and every
+    /// change up to it is already stored ([`Store::changes`]). Unlike
+    /// [`Store::revision`] this holds in the middle of a commit of many
+    /// revisions, whose changes the feed carries one revision at a time.
     pub fn subscribe_at(&self) -> (broadcast::Receiver<Changes>, i64) {
         let feed = self.feed.subscribe();
-        (feed, self.revision())
+        (feed, self.feed_revision.load(Ordering::Acquire))
     }
 
     /// The stored changes with revisions in `from..=to`, as watch events.
@@ -370,6 +380,7 @@ impl Store {
     pub fn applier(&self) -> Applier<'_> {
         Applier {
             committed_revision: &self.committed_revision,
+            feed_revision: &self.feed_revision,
             compacted_revision: &self.compacted_revision,
             compactor: &self.compactor,
             planned_compaction: None,
@@ -468,6 +479,7 @@ impl ReadView for StateView<'_> {
 /// Each request either fails with nothing changed or takes one revision.
 pub struct Applier<'a> {
     committed_revision: &'a AtomicI64,
+    feed_revision: &'a AtomicI64,
     compacted_revision: &'a AtomicI64,
     compactor: &'a Compactor,
     /// A compaction in this batch: the revision and the rows to keep, handed
@@ -532,10 +544,16 @@ impl Applier<'_> {
         // One message per revision, so that the feed's capacity bounds how
         // many revisions a slow subscriber may fall behind before it lags.
         let events = std::mem::take(&mut self.events);
-        for revision in events.chunk_by(|a, b| event_revision(a) == event_revision(b)) {
+        for changes in events.chunk_by(|a, b| event_revision(a) == event_revision(b)) {
+            // Before the send: the broadcast's lock orders it before any
+            // later subscription, which then reads this revision or a newer one.
+            self.feed_revision
+                .store(event_revision(&changes[0]), Ordering::Release);
             // No subscriber is not an error: nobody watches.
-            let _ = self.feed.send(Arc::new(revision.to_vec()));
+            let _ = self.feed.send(Arc::new(changes.to_vec()));
         }
+        self.feed_revision
+            .store(self.state.revision, Ordering::Release);
         for change in std::mem::take(&mut self.lease_changes) {
             let _ = self.lease_feed.send(change);
         }

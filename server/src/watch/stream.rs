@@ -50,9 +50,7 @@ pub fn spawn<S>(
             }
         }
     });
-    // Subscribe before reading the revision: no change falls in between.
-    let feed = store.subscribe();
-    let seen_rev = store.revision();
+    let (feed, seen_rev) = store.subscribe_at();
     let stream = WatchStream {
         store,
         config,
@@ -116,13 +114,24 @@ impl WatchStream {
                 },
                 changes = self.feed.recv() => match changes {
                     Ok(changes) => self.deliver(&changes).await?,
-                    Err(RecvError::Lagged(_)) => self.seen_rev = self.store.revision(),
+                    Err(RecvError::Lagged(_)) => self.resubscribe(),
                     Err(RecvError::Closed) => return Ok(()),
                 },
                 _ = progress_ticker.tick() => self.notify_progress().await?,
                 _ = self.out.closed() => return Err(Gone),
             }
         }
+    }
+
+    /// After falling behind the feed: a new subscription, and everything up
+    /// to where it starts is caught up from storage. In the middle of a
+    /// commit of many revisions the store's revision is still the previous
+    /// commit's, behind revisions the feed has already dropped: taking it
+    /// as the position would skip them.
+    fn resubscribe(&mut self) {
+        let (feed, from) = self.store.subscribe_at();
+        self.feed = feed;
+        self.seen_rev = self.seen_rev.max(from);
     }
 
     async fn send(&self, response: WatchResponse) -> Result<(), Gone> {
