@@ -387,18 +387,14 @@ impl WatchStream {
         Ok(())
     }
 
-    /// Answers a WatchProgressRequest once every watcher on the stream has
-    /// been sent everything up to the current revision and none starts in
-    /// the future: the answer promises no later event at or below it.
+    /// Answers a WatchProgressRequest once every watcher on the stream is
+    /// synced: the answer promises no later event at or below its revision.
+    /// A watcher waiting for a future start revision is synced, as in etcd
+    /// 3.5.13 (`watchable_store.go` puts it in the synced group).
     async fn answer_progress_request(&mut self) -> Result<(), Gone> {
         let current = self.store.revision();
         self.drain_feed().await?;
-        if self.seen_rev < current
-            || self
-                .watchers
-                .values()
-                .any(|w| w.is_active() && w.next_rev != self.seen_rev + 1)
-        {
+        if self.seen_rev < current || self.watchers.values().any(|w| !self.is_synced(w)) {
             return Ok(());
         }
         self.progress_requested = false;
@@ -410,13 +406,19 @@ impl WatchStream {
         .await
     }
 
+    /// Whether `watcher` has been sent every event up to the stream's
+    /// position (a cancelled one has nothing more to be sent).
+    fn is_synced(&self, watcher: &Watcher) -> bool {
+        !watcher.is_active() || watcher.next_rev > self.seen_rev
+    }
+
     /// Takes every batch already in the feed, so that `seen_rev` is current.
     async fn drain_feed(&mut self) -> Result<(), Gone> {
         loop {
             match self.feed.try_recv() {
                 Ok(changes) => self.deliver(&changes).await?,
                 Err(TryRecvError::Lagged(_)) => {
-                    self.seen_rev = self.store.revision();
+                    self.resubscribe();
                     self.catch_up().await?;
                 }
                 Err(TryRecvError::Empty | TryRecvError::Closed) => return Ok(()),
@@ -431,12 +433,7 @@ impl WatchStream {
         let due: Vec<i64> = self
             .watchers
             .values()
-            .filter(|w| {
-                w.is_active()
-                    && w.progress_notify
-                    && !w.had_events
-                    && w.next_rev == self.seen_rev + 1
-            })
+            .filter(|w| w.is_active() && w.progress_notify && !w.had_events && self.is_synced(w))
             .map(|w| w.id)
             .collect();
         for watcher in self.watchers.values_mut() {
