@@ -190,6 +190,25 @@ impl Cluster {
         }
     }
 
+    /// Stops member `i` in place (SIGSTOP): it keeps its connections but
+    /// answers nothing until [`Cluster::resume`].
+    pub fn pause(&self, i: usize) {
+        self.signal(i, "-STOP");
+    }
+
+    pub fn resume(&self, i: usize) {
+        self.signal(i, "-CONT");
+    }
+
+    fn signal(&self, i: usize, signal: &str) {
+        let pid = self.members[i].child.as_ref().expect("member running").id();
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} {pid} failed");
+    }
+
     /// Everything member `i` logged.
     pub fn log(&self, i: usize) -> String {
         std::fs::read_to_string(&self.members[i].log).unwrap_or_default()
