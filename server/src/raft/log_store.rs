@@ -97,10 +97,38 @@ impl Inner {
     }
 }
 
+/// Most entry bytes in one AppendEntries (at least one entry is sent):
+/// openraft 0.9 gives each one a heartbeat interval to be sent, appended and
+/// synced by the follower, and gives up on it after that. Without a budget a
+/// follower behind by many large entries was sent all of them at once, again
+/// and again, and never caught up.
+const REPLICATION_BATCH_BYTES: usize = 1024 * 1024;
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
         range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.read_entries(range, usize::MAX)
+    }
+
+    /// What replication sends: the entries from `start` that fit the byte budget.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.read_entries(start..end, REPLICATION_BATCH_BYTES)
+    }
+}
+
+impl LogStore {
+    /// The stored entries in `range`, stopping before the one that would
+    /// take their encoded size past `max_bytes` (the first is always read).
+    fn read_entries(
+        &self,
+        range: impl RangeBounds<u64>,
+        max_bytes: usize,
     ) -> Result<Vec<Entry>, StorageError> {
         let inner = self.lock();
         let start = match range.start_bound() {
@@ -115,16 +143,19 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => u64::MAX,
         }
         .min(inner.wal.next_index());
-        let mut entries = Vec::with_capacity(end.saturating_sub(start) as usize);
+        let mut entries = Vec::new();
+        let mut total = 0usize;
         for index in start..end {
             let bytes = inner
                 .wal
                 .read(index)
                 .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-            match bytes {
-                Some(bytes) => entries.push(decode(&bytes).map_err(log_read_error)?),
-                None => break,
+            let Some(bytes) = bytes else { break };
+            total = total.saturating_add(bytes.len());
+            if total > max_bytes && !entries.is_empty() {
+                break;
             }
+            entries.push(decode(&bytes).map_err(log_read_error)?);
         }
         Ok(entries)
     }

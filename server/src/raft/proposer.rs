@@ -19,8 +19,11 @@ use crate::mvcc::{WriteRequest, WriteResponse};
 
 /// Most requests in one entry.
 const MAX_BATCH: usize = 1024;
-/// Most request bytes in one entry, so that entries stay well under the peer message limit.
-const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Most request bytes in one entry (a larger request gets an entry of its
+/// own). openraft 0.9 gives each AppendEntries one heartbeat interval to be
+/// sent, appended and synced by the follower, so an entry must stay small
+/// enough to travel alone in that time.
+const MAX_BATCH_BYTES: usize = 1024 * 1024;
 /// Proposals in flight at once: lets one batch apply while the next is logged.
 const IN_FLIGHT: usize = 2;
 /// Attempts at finding a leader before a client hears `no leader`.
