@@ -440,6 +440,78 @@ mod tests {
         assert_eq!(wal.read(3).unwrap(), Some(b"again".to_vec()));
     }
 
+    /// Three segments of three records each.
+    fn three_segments(dir: &Path) {
+        let mut wal = Wal::open(dir).unwrap();
+        for i in 1..=9 {
+            if i > 1 && (i - 1) % 3 == 0 {
+                wal.start_segment(i).unwrap();
+            }
+            wal.append(i, &payload(i)).unwrap();
+        }
+        assert_eq!(wal.segments.len(), 3);
+    }
+
+    /// A damaged record in a segment that is not the last cannot be a torn
+    /// write: the member must refuse to start rather than forget entries it
+    /// acknowledged. The error names the file and the offset.
+    #[test]
+    fn damage_in_a_middle_segment_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        three_segments(dir.path());
+        let path = segment_path(dir.path(), 4);
+        let mut data = fs::read(&path).unwrap();
+        let second_record = HEADER_BYTES + payload(4).len();
+        data[second_record + HEADER_BYTES] ^= 0x01;
+        fs::write(&path, &data).unwrap();
+
+        let error = Wal::open(dir.path()).err().expect("a damaged log must not open");
+        let message = error.to_string();
+        assert!(
+            message.contains(&path.display().to_string())
+                && message.contains(&format!("offset {second_record}")),
+            "{message}"
+        );
+        assert_eq!(fs::read(&path).unwrap(), data, "nothing is cut");
+        assert!(segment_path(dir.path(), 7).exists(), "nothing is deleted");
+    }
+
+    /// A segment missing from the middle of the log is damage too.
+    #[test]
+    fn a_missing_middle_segment_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        three_segments(dir.path());
+        fs::remove_file(segment_path(dir.path(), 4)).unwrap();
+        let message = Wal::open(dir.path()).err().expect("a gap").to_string();
+        assert!(
+            message.contains(&segment_path(dir.path(), 1).display().to_string()),
+            "{message}"
+        );
+    }
+
+    /// A power loss can leave the unsynced end of the last segment as
+    /// zeros (the file grew, its data never reached the disk). Zeros are not
+    /// records: they are cut, and appends go on from there.
+    #[test]
+    fn a_zero_filled_tail_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        three_segments(dir.path());
+        let path = segment_path(dir.path(), 7);
+        let whole = fs::read(&path).unwrap().len();
+        let file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.set_len(whole as u64 + 4096).unwrap();
+        drop(file);
+
+        let mut wal = Wal::open(dir.path()).unwrap();
+        assert_eq!(wal.next_index(), 10);
+        assert_eq!(fs::read(&path).unwrap().len(), whole);
+        wal.append(10, b"after").unwrap();
+        drop(wal);
+        let wal = Wal::open(dir.path()).unwrap();
+        assert_eq!(wal.read(9).unwrap(), Some(payload(9)));
+        assert_eq!(wal.read(10).unwrap(), Some(b"after".to_vec()));
+    }
+
     #[test]
     fn truncate_and_purge() {
         let dir = tempfile::tempdir().unwrap();
