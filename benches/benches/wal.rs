@@ -24,7 +24,7 @@ fn append_sync(c: &mut Criterion) {
     group.sample_size(20);
     for (entries, bytes) in GROUPS {
         let dir = tempfile::tempdir().expect("tempdir");
-        let wal = Arc::new(Mutex::new(Wal::open(dir.path()).expect("open wal")));
+        let wal = Arc::new(Mutex::new(Wal::open(dir.path(), 0).expect("open wal")));
         let payload = vec![0x5a; bytes];
         group.throughput(Throughput::Bytes(entries * bytes as u64));
         let id = BenchmarkId::from_parameter(format!("{entries}x{bytes}B"));

@@ -49,13 +49,15 @@ fn log_read_error(e: std::io::Error) -> StorageError {
 
 impl LogStore {
     pub fn open(dir: &Path) -> std::io::Result<Self> {
-        let mut wal = Wal::open(dir)?;
+        std::fs::create_dir_all(dir)?;
         let state_file = StateFile::new(dir.join("raft.state"));
         let committed_file = HintFile::open(&dir.join("committed.hint"))?;
         let meta: LogMeta = match state_file.load()? {
             Some(bytes) => postcard::from_bytes(&bytes).map_err(std::io::Error::other)?,
             None => LogMeta::default(),
         };
+        let keep_from = meta.last_purged.map_or(0, |purged| purged.index + 1);
+        let mut wal = Wal::open(dir, keep_from)?;
         if let Some(purged) = meta.last_purged {
             wal.purge(purged.index)?;
         }

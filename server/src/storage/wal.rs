@@ -3,8 +3,9 @@
 //! Segment files are named by the index of their first record; a record is
 //! `len u32 LE | crc32 u32 LE | payload`. Appends are written at once (so they
 //! are readable) and made durable by one `sync_data` per group on a dedicated
-//! thread ([`Syncer`]). On open, the log is cut at the first torn or corrupt
-//! record: a crash can only leave a partial tail.
+//! thread ([`Syncer`]). A segment is synced before the next one starts, so a
+//! crash can only leave a partial tail in the last segment: on open that tail
+//! is cut, and damage anywhere else refuses to open.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -55,33 +56,73 @@ pub(crate) fn frame(payload: &[u8]) -> Vec<u8> {
     record
 }
 
-/// Offsets and lengths of the valid records at the start of `data`; stops at
-/// the first torn or corrupt one.
-fn scan(data: &[u8]) -> Vec<(u64, u32)> {
+/// The valid records at the start of a segment's bytes.
+struct Scan {
+    /// Offset and length of each record's payload.
+    records: Vec<(u64, u32)>,
+    /// Where the valid records end.
+    valid_len: u64,
+    /// Why the scan stopped before the end of the data, if it did.
+    damage: Option<&'static str>,
+}
+
+/// Reads records from the start of `data` up to the first torn or corrupt
+/// one. A record is never empty, so zeros (len 0, crc 0) end the records.
+fn scan(data: &[u8]) -> Scan {
     let mut records = Vec::new();
     let mut pos = 0usize;
-    while pos + HEADER_BYTES <= data.len() {
+    let damage = loop {
+        if pos == data.len() {
+            break None;
+        }
+        if pos + HEADER_BYTES > data.len() {
+            break Some("a torn record header");
+        }
         let len = u32::from_le_bytes(data[pos..pos + 4].try_into().expect("4 bytes"));
         let crc = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().expect("4 bytes"));
+        if len == 0 {
+            break Some("an empty record (zeros)");
+        }
         let start = pos + HEADER_BYTES;
         let Some(end) = start
             .checked_add(len as usize)
             .filter(|end| *end <= data.len())
         else {
-            break;
+            break Some("a record longer than the file");
         };
         if crc32fast::hash(&data[start..end]) != crc {
-            break;
+            break Some("a record whose checksum does not match");
         }
         records.push((start as u64, len));
         pos = end;
+    };
+    Scan {
+        records,
+        valid_len: pos as u64,
+        damage,
     }
-    records
+}
+
+fn damaged(path: &Path, offset: u64, what: impl std::fmt::Display) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "write-ahead log damaged: {} at offset {offset}: {what}; a member that forgot \
+             acknowledged entries could elect a log without committed data, so it does not \
+             start (restore the member from a snapshot or remove and re-add it)",
+            path.display()
+        ),
+    )
 }
 
 impl Wal {
-    /// Opens (or creates) the log in `dir`, dropping a torn tail.
-    pub fn open(dir: &Path) -> io::Result<Self> {
+    /// Opens (or creates) the log in `dir`. Segments holding only records
+    /// below `keep_from` (purged ones) are deleted unchecked. Every other
+    /// segment but the last must be whole and followed by the next index:
+    /// they were synced before the next one was started, so damage there is
+    /// not a torn write, and the log refuses to open, naming the file and
+    /// offset. The last segment's torn or zero-filled tail is cut.
+    pub fn open(dir: &Path, keep_from: u64) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
         let mut firsts: Vec<u64> = fs::read_dir(dir)?
             .filter_map(|entry| {
@@ -90,39 +131,54 @@ impl Wal {
             })
             .collect();
         firsts.sort_unstable();
+        let purged = firsts
+            .windows(2)
+            .take_while(|pair| pair[1] <= keep_from)
+            .count();
+        for first in firsts.drain(..purged) {
+            fs::remove_file(segment_path(dir, first))?;
+        }
         let mut wal = Wal {
             dir: dir.to_path_buf(),
             segments: BTreeMap::new(),
             locations: VecDeque::new(),
             first_index: firsts.first().copied().unwrap_or(0),
         };
-        let mut damaged = false;
-        for first in firsts {
+        for (i, &first) in firsts.iter().enumerate() {
             let path = segment_path(dir, first);
-            if damaged || first != wal.next_index() && !wal.locations.is_empty() {
-                tracing::warn!(
-                    ?path,
-                    "dropping write-ahead log segment after a damaged record"
-                );
-                fs::remove_file(&path)?;
-                damaged = true;
-                continue;
-            }
-            if wal.locations.is_empty() {
-                wal.first_index = first;
-            }
             let data = fs::read(&path)?;
-            let records = scan(&data);
-            let valid_len = records.last().map_or(0, |(off, len)| off + u64::from(*len));
+            let scan = scan(&data);
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
-            if valid_len < data.len() as u64 {
-                tracing::warn!(?path, valid_len, "cutting torn write-ahead log tail");
-                file.set_len(valid_len)?;
-                file.sync_all()?;
-                damaged = true;
+            match firsts.get(i + 1) {
+                Some(&next) => {
+                    if let Some(what) = scan.damage {
+                        return Err(damaged(&path, scan.valid_len, what));
+                    }
+                    let count = scan.records.len() as u64;
+                    if first + count != next {
+                        return Err(damaged(
+                            &path,
+                            scan.valid_len,
+                            format_args!(
+                                "it ends at index {} but the next segment starts at {next}",
+                                first + count
+                            ),
+                        ));
+                    }
+                }
+                None if scan.damage.is_some() => {
+                    tracing::warn!(
+                        ?path,
+                        valid_len = scan.valid_len,
+                        "cutting torn write-ahead log tail"
+                    );
+                    file.set_len(scan.valid_len)?;
+                    file.sync_all()?;
+                }
+                None => {}
             }
             wal.locations
-                .extend(records.into_iter().map(|(offset, len)| Location {
+                .extend(scan.records.into_iter().map(|(offset, len)| Location {
                     segment: first,
                     offset,
                     len,
@@ -131,7 +187,7 @@ impl Wal {
                 first,
                 Segment {
                     file: Arc::new(file),
-                    len: valid_len,
+                    len: scan.valid_len,
                 },
             );
         }
@@ -235,9 +291,11 @@ impl Wal {
         }
         let cut = self.locations[keep];
         self.locations.truncate(keep);
+        // Newest first: a crash part-way leaves no gap between segments.
         let doomed: Vec<u64> = self
             .segments
             .range(cut.segment + 1..)
+            .rev()
             .map(|(first, _)| *first)
             .collect();
         for first in doomed {
@@ -344,7 +402,7 @@ impl StateFile {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        match scan(&data).first() {
+        match scan(&data).records.first() {
             Some(&(offset, len)) => Ok(Some(data[offset as usize..][..len as usize].to_vec())),
             None => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -385,6 +443,7 @@ impl HintFile {
         let mut data = vec![0u8; self.file.metadata()?.len() as usize];
         self.file.read_exact_at(&mut data, 0)?;
         Ok(scan(&data)
+            .records
             .first()
             .map(|&(offset, len)| data[offset as usize..][..len as usize].to_vec()))
     }
@@ -405,12 +464,12 @@ mod tests {
     #[test]
     fn reopen_reads_what_was_appended() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = Wal::open(dir.path()).unwrap();
+        let mut wal = Wal::open(dir.path(), 0).unwrap();
         for i in 1..=10 {
             wal.append(i, &payload(i)).unwrap();
         }
         drop(wal);
-        let wal = Wal::open(dir.path()).unwrap();
+        let wal = Wal::open(dir.path(), 0).unwrap();
         assert_eq!((wal.first_index(), wal.next_index()), (1, 11));
         for i in 1..=10 {
             assert_eq!(wal.read(i).unwrap(), Some(payload(i)));
@@ -421,7 +480,7 @@ mod tests {
     #[test]
     fn a_torn_tail_is_cut_at_the_last_whole_record() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = Wal::open(dir.path()).unwrap();
+        let mut wal = Wal::open(dir.path(), 0).unwrap();
         for i in 1..=3 {
             wal.append(i, &payload(i)).unwrap();
         }
@@ -432,17 +491,17 @@ mod tests {
         data[last] ^= 0xff;
         fs::write(&path, &data).unwrap();
 
-        let mut wal = Wal::open(dir.path()).unwrap();
+        let mut wal = Wal::open(dir.path(), 0).unwrap();
         assert_eq!(wal.next_index(), 3);
         wal.append(3, b"again").unwrap();
         drop(wal);
-        let wal = Wal::open(dir.path()).unwrap();
+        let wal = Wal::open(dir.path(), 0).unwrap();
         assert_eq!(wal.read(3).unwrap(), Some(b"again".to_vec()));
     }
 
     /// Three segments of three records each.
     fn three_segments(dir: &Path) {
-        let mut wal = Wal::open(dir).unwrap();
+        let mut wal = Wal::open(dir, 0).unwrap();
         for i in 1..=9 {
             if i > 1 && (i - 1) % 3 == 0 {
                 wal.start_segment(i).unwrap();
@@ -465,7 +524,9 @@ mod tests {
         data[second_record + HEADER_BYTES] ^= 0x01;
         fs::write(&path, &data).unwrap();
 
-        let error = Wal::open(dir.path()).err().expect("a damaged log must not open");
+        let error = Wal::open(dir.path(), 0)
+            .err()
+            .expect("a damaged log must not open");
         let message = error.to_string();
         assert!(
             message.contains(&path.display().to_string())
@@ -482,7 +543,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         three_segments(dir.path());
         fs::remove_file(segment_path(dir.path(), 4)).unwrap();
-        let message = Wal::open(dir.path()).err().expect("a gap").to_string();
+        let message = Wal::open(dir.path(), 0).err().expect("a gap").to_string();
         assert!(
             message.contains(&segment_path(dir.path(), 1).display().to_string()),
             "{message}"
@@ -502,12 +563,12 @@ mod tests {
         file.set_len(whole as u64 + 4096).unwrap();
         drop(file);
 
-        let mut wal = Wal::open(dir.path()).unwrap();
+        let mut wal = Wal::open(dir.path(), 0).unwrap();
         assert_eq!(wal.next_index(), 10);
         assert_eq!(fs::read(&path).unwrap().len(), whole);
         wal.append(10, b"after").unwrap();
         drop(wal);
-        let wal = Wal::open(dir.path()).unwrap();
+        let wal = Wal::open(dir.path(), 0).unwrap();
         assert_eq!(wal.read(9).unwrap(), Some(payload(9)));
         assert_eq!(wal.read(10).unwrap(), Some(b"after".to_vec()));
     }
@@ -515,7 +576,7 @@ mod tests {
     #[test]
     fn truncate_and_purge() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = Wal::open(dir.path()).unwrap();
+        let mut wal = Wal::open(dir.path(), 0).unwrap();
         for i in 5..=20 {
             wal.append(i, &payload(i)).unwrap();
         }
@@ -525,7 +586,7 @@ mod tests {
         assert_eq!(wal.first_index(), 10);
         assert_eq!(wal.read(9).unwrap(), None);
         drop(wal);
-        let wal = Wal::open(dir.path()).unwrap();
+        let wal = Wal::open(dir.path(), 0).unwrap();
         // Purged records in a live segment are still on disk; the owner skips
         // them by its durable last-purged index.
         assert_eq!(wal.next_index(), 15);
