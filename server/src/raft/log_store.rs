@@ -111,7 +111,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        self.read_entries(range, usize::MAX)
+        self.read_entries(range, usize::MAX).map_err(log_read_error)
     }
 
     /// What replication sends: the entries from `start` that fit the byte budget.
@@ -121,6 +121,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         end: u64,
     ) -> Result<Vec<Entry>, StorageError> {
         self.read_entries(start..end, REPLICATION_BATCH_BYTES)
+            .map_err(log_read_error)
     }
 }
 
@@ -131,7 +132,7 @@ impl LogStore {
         &self,
         range: impl RangeBounds<u64>,
         max_bytes: usize,
-    ) -> Result<Vec<Entry>, StorageError> {
+    ) -> std::io::Result<Vec<Entry>> {
         let inner = self.lock();
         let start = match range.start_bound() {
             Bound::Included(i) => *i,
@@ -148,16 +149,14 @@ impl LogStore {
         let mut entries = Vec::new();
         let mut total = 0usize;
         for index in start..end {
-            let bytes = inner
-                .wal
-                .read(index)
-                .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-            let Some(bytes) = bytes else { break };
+            let Some(bytes) = inner.wal.read(index)? else {
+                break;
+            };
             total = total.saturating_add(bytes.len());
             if total > max_bytes && !entries.is_empty() {
                 break;
             }
-            entries.push(decode(&bytes).map_err(log_read_error)?);
+            entries.push(decode(&bytes)?);
         }
         Ok(entries)
     }
