@@ -187,3 +187,52 @@ async fn restarted_follower_and_new_member_catch_up() {
         "members differ: {hashes:?}"
     );
 }
+
+/// Issue 12, item 5: a follower that got the leader's read index but then
+/// hears nothing from the leader (every link into it cut, its own links out
+/// left open) can never apply up to that index. Its linearizable read fails
+/// with etcd's `request timed out` once the request timeout has passed,
+/// instead of waiting forever; a read after the links heal succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_cut_off_after_its_read_index_times_out() {
+    // A long election timeout keeps the cut-off follower from campaigning
+    // between the write and the read.
+    let cluster = Cluster::start_with(3, &["--election-timeout", "3000"], true).await;
+    let proxies = cluster.proxies.as_ref().expect("partitionable cluster");
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let mut on_follower = cluster.client(follower).await;
+    let mut on_leader = cluster.client(leader).await;
+    on_follower
+        .put("read-index/before", "v", None)
+        .await
+        .expect("put");
+
+    proxies.cut_into(follower);
+    on_leader
+        .put("read-index/after", "v", None)
+        .await
+        .expect("put on the majority");
+    let error = guarded(
+        "read on the cut-off follower",
+        on_follower.get("read-index/after", None),
+    )
+    .await
+    .expect_err("the follower cannot apply the leader's read index");
+    assert!(
+        error.to_string().contains("etcdserver: request timed out"),
+        "{error}"
+    );
+
+    proxies.heal();
+    let got = guarded("read after heal", async {
+        loop {
+            match on_follower.get("read-index/after", None).await {
+                Ok(response) => return response,
+                Err(_) => tokio::time::sleep(RETRY_BACKOFF).await,
+            }
+        }
+    })
+    .await;
+    assert_eq!(got.kvs().len(), 1);
+}

@@ -76,6 +76,23 @@ impl PeerProxies {
         });
     }
 
+    /// Cuts every link towards member `i` (connections the others open to
+    /// it: the leader's AppendEntries), leaving the ones `i` opens to them
+    /// (its forwarded reads and writes, its votes).
+    pub fn cut_into(&self, i: usize) {
+        let mut links = self.links.lock().unwrap();
+        for j in (0..self.size).filter(|j| *j != i) {
+            links.cut.insert((j, i));
+        }
+        links.open.retain(|(_, to, task)| {
+            let cut = *to == i;
+            if cut {
+                task.abort();
+            }
+            !cut
+        });
+    }
+
     /// Restores every link.
     pub fn heal(&self) {
         self.links.lock().unwrap().cut.clear();
