@@ -118,10 +118,12 @@ impl PeerRaft for PeerService {
         request: Request<PeerRequest>,
     ) -> Result<Response<PeerReply>, Status> {
         let () = self.open(request)?;
+        // The follower waits for its own apply; the leader's need not wait.
         let result: Result<Option<LogId>, EtcdError> = self
             .raft
-            .ensure_linearizable()
+            .get_read_log_id()
             .await
+            .map(|(read_log_id, _applied)| read_log_id)
             .map_err(|e| super::read_error(&e));
         reply(&result)
     }
