@@ -8,6 +8,8 @@ mod lease;
 mod lock;
 mod maintenance;
 mod recipes;
+#[cfg(test)]
+mod request_properties;
 mod validate;
 mod watch;
 
