@@ -242,6 +242,22 @@ fn everything(store: &Store) -> Vec<ballast_proto::mvccpb::KeyValue> {
         .kvs
 }
 
+/// Opens the state db again once the previous handle's last sled thread
+/// has let go of its file lock (sled releases it after the handle drops).
+fn reopen(dir: &std::path::Path) -> StateDb {
+    let mut attempts = 0;
+    loop {
+        match StateDb::open(dir) {
+            Ok(db) => return db,
+            Err(e) if attempts < 500 && e.to_string().contains("could not acquire lock") => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("reopen the state db: {e}"),
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -277,7 +293,7 @@ proptest! {
             store.db().flush_durable().unwrap();
             state
         };
-        let reopened = Store::open(StateDb::open(dir.path()).unwrap()).unwrap();
+        let reopened = Store::open(reopen(dir.path())).unwrap();
         prop_assert_eq!(
             (reopened.revision(), reopened.compact_revision(), everything(&reopened)),
             before_reopen

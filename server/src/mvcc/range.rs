@@ -73,7 +73,7 @@ pub(super) fn range(view: &impl ReadView, req: &RangeRequest) -> Result<RangeRes
     let fetch_limit = if req.sort_order != SortOrder::None as i32 || filtered {
         0
     } else if req.limit > 0 {
-        req.limit + 1
+        req.limit.saturating_add(1)
     } else {
         0
     };
