@@ -984,6 +984,40 @@ mod tests {
         assert_eq!(store.revision(), 3);
     }
 
+    /// A read-only txn is a read: it runs while other readers hold the
+    /// store, instead of waiting for the write lock as an applier does.
+    #[test]
+    fn a_read_only_txn_runs_beside_other_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(dir.path()));
+        apply(&store, &[put("k", "v")]);
+        let reader = store.read();
+        let (done, finished) = std::sync::mpsc::channel();
+        let txn_store = store.clone();
+        std::thread::spawn(move || {
+            let txn = TxnRequest {
+                success: vec![RequestOp {
+                    request: Some(Request::RequestRange(RangeRequest {
+                        key: b("k"),
+                        ..Default::default()
+                    })),
+                }],
+                ..Default::default()
+            };
+            let _ = done.send(txn_store.read_only_txn(&txn));
+        });
+        let response = finished
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("a read-only txn waited for the write lock")
+            .unwrap();
+        drop(reader);
+        let Some(Response::ResponseRange(range)) = &response.responses[0].response else {
+            panic!("{response:?}")
+        };
+        assert_eq!(range.kvs[0].value, b("v"));
+        assert_eq!(response.header.unwrap().revision, 2);
+    }
+
     /// A subscription taken while a commit of many revisions is being
     /// published (as when a member applies a backlog) must start exactly
     /// where the feed continues: the first revision it receives after its
