@@ -27,7 +27,7 @@ use super::compactor::{Compactor, META_COMPACTED_REVISION};
 use super::index::{KeyRange, TreeIndex};
 use super::lease::{Lease, LeaseChange, LeaseTable, MAX_LEASE_TTL};
 use super::range::{ReadView, range, range_keys};
-use super::txn::{branch, check_path, check_range, compare_path, is_read_only};
+use super::txn::{branch, check_path, check_range, compare_path, is_read_only, read_only_txn};
 use crate::errors::EtcdError;
 use crate::storage::db::{LeaseRow, Row, StateBatch, StateDb};
 use crate::storage::revision::Revision;
@@ -267,11 +267,16 @@ impl Store {
 
     /// Serves a txn that writes nothing, at the current revision.
     pub fn read_only_txn(&self, req: &TxnRequest) -> Result<TxnResponse, EtcdError> {
-        debug_assert!(is_read_only(req));
-        // An applier that is never committed: a read-only txn changes nothing.
-        let mut applier = self.applier();
-        applier.begin();
-        applier.txn(req)
+        let state = self.read();
+        read_only_txn(
+            &StateView {
+                state: &state,
+                db: &self.db,
+                pending: None,
+                revision: state.revision,
+            },
+            req,
+        )
     }
 
     pub fn is_read_only(req: &TxnRequest) -> bool {

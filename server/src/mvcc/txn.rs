@@ -3,11 +3,14 @@
 
 use ballast_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use ballast_proto::etcdserverpb::request_op::Request;
-use ballast_proto::etcdserverpb::{Compare, RequestOp, TxnRequest};
+use ballast_proto::etcdserverpb::response_op::Response;
+use ballast_proto::etcdserverpb::{
+    Compare, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+};
 use ballast_proto::mvccpb::KeyValue;
 
 use super::index::KeyRange;
-use super::range::{ReadView, range_keys};
+use super::range::{ReadView, range, range_keys};
 use crate::errors::EtcdError;
 
 /// The branch each txn takes, depth first: the outer txn, then the nested txns
@@ -126,5 +129,55 @@ pub(super) fn check_range(view: &impl ReadView, op: &RequestOp) -> Result<(), Et
         rev if rev > view.revision() => Err(EtcdError::FutureRevision),
         rev if rev < view.compact_revision() => Err(EtcdError::Compacted),
         _ => Ok(()),
+    }
+}
+
+/// Serves a txn that writes nothing (see [`is_read_only`]) from `view`, as
+/// the applier would, with the header at the view's revision.
+pub(super) fn read_only_txn(
+    view: &impl ReadView,
+    txn: &TxnRequest,
+) -> Result<TxnResponse, EtcdError> {
+    let path = compare_path(view, txn);
+    check_path(txn, &path, &mut 0, &mut |op| check_range(view, op))?;
+    let mut response = read_branches(view, txn, &path, &mut 0);
+    response.header = Some(ResponseHeader {
+        revision: view.revision(),
+        ..Default::default()
+    });
+    Ok(response)
+}
+
+fn read_branches(
+    view: &impl ReadView,
+    txn: &TxnRequest,
+    path: &[bool],
+    pos: &mut usize,
+) -> TxnResponse {
+    let succeeded = path[*pos];
+    *pos += 1;
+    let responses = branch(txn, succeeded)
+        .iter()
+        .filter_map(|op| match &op.request {
+            Some(Request::RequestRange(req)) => Some(Response::ResponseRange(
+                range(view, req).expect("txn ranges are checked before they are read"),
+            )),
+            Some(Request::RequestTxn(nested)) => Some(Response::ResponseTxn(read_branches(
+                view, nested, path, pos,
+            ))),
+            Some(Request::RequestPut(_) | Request::RequestDeleteRange(_)) => {
+                unreachable!("a read-only txn writes nothing")
+            }
+            None => None,
+        })
+        .map(|response| ResponseOp {
+            response: Some(response),
+        })
+        .collect();
+    // etcd gives nested txn responses an empty header; the caller fills the outer one.
+    TxnResponse {
+        header: Some(ResponseHeader::default()),
+        succeeded,
+        responses,
     }
 }
