@@ -41,6 +41,8 @@ pub enum EtcdError {
     LeaderChanged,
     #[error("etcdserver: request timed out")]
     Timeout,
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
     #[error("etcdserver: server stopped")]
     Stopped,
     #[error("etcdserver: member not found")]
@@ -82,6 +84,7 @@ impl EtcdError {
             NoLeader | LeaderChanged | Timeout | Stopped | NotSupportedForLearner => {
                 Code::Unavailable
             }
+            TooManyRequests => Code::ResourceExhausted,
             // etcd has no gRPC mapping for it, so clients see its raw text as Unknown.
             LeaderTransferTimeout => Code::Unknown,
             InvalidPeerUrls => Code::InvalidArgument,

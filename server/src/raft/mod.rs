@@ -425,7 +425,11 @@ impl RaftNode {
     }
 
     /// Proposes any write request and waits for its result.
+    /// Proposes `request`, unless this member's apply is too far behind its
+    /// commit (etcd's `too many requests`, refused before anything is proposed).
     pub async fn write(&self, request: WriteRequest) -> Result<WriteResponse, EtcdError> {
+        let status = self.status();
+        refuse_if_apply_behind(status.committed_index, status.applied_index)?;
         self.proposer.propose(request).await
     }
 
@@ -623,5 +627,34 @@ impl RaftNode {
         if let Some(server) = server {
             let _ = server.await;
         }
+    }
+}
+
+/// etcd's `maxGapBetweenApplyAndCommitIndex`: past this many committed but
+/// unapplied entries a member takes no new requests, so that its queue of
+/// work stays bounded.
+const MAX_APPLY_BACKLOG: u64 = 5000;
+
+fn refuse_if_apply_behind(committed: u64, applied: u64) -> Result<(), EtcdError> {
+    if committed > applied.saturating_add(MAX_APPLY_BACKLOG) {
+        return Err(EtcdError::TooManyRequests);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_far_behind_in_applying_refuses_writes() {
+        assert_eq!(refuse_if_apply_behind(5000, 0), Ok(()));
+        assert_eq!(
+            refuse_if_apply_behind(5001, 0),
+            Err(EtcdError::TooManyRequests)
+        );
+        let status = tonic::Status::from(EtcdError::TooManyRequests);
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(status.message(), "etcdserver: too many requests");
     }
 }

@@ -199,6 +199,16 @@ impl StateMachine {
     }
 }
 
+/// Most write requests applied under the store's write lock at once.
+const APPLY_CHUNK_REQUESTS: usize = 1024;
+
+fn request_count(entry: &Entry) -> usize {
+    match &entry.payload {
+        EntryPayload::Normal(Command::Writes(requests)) => requests.len(),
+        _ => 1,
+    }
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
@@ -219,40 +229,52 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut membership = self.membership.clone();
         let (responses, membership) = tokio::task::spawn_blocking(move || {
             let mut attributes_by_member = attributes(&store)?;
-            let mut attributes_changed = false;
-            let mut applier = store.applier();
             let mut responses = Vec::with_capacity(entries.len());
-            for entry in entries {
-                let response = match entry.payload {
-                    EntryPayload::Blank => CommandResponse::default(),
-                    EntryPayload::Normal(Command::Writes(requests)) => CommandResponse {
-                        results: requests.iter().map(|req| applier.execute(req)).collect(),
-                    },
-                    EntryPayload::Normal(Command::PublishAttributes {
-                        member_id,
-                        attributes,
-                    }) => {
-                        attributes_by_member.insert(member_id, attributes);
-                        attributes_changed = true;
-                        CommandResponse::default()
-                    }
-                    EntryPayload::Membership(config) => {
-                        membership = StoredMembership::new(Some(entry.log_id), config);
-                        CommandResponse::default()
-                    }
-                };
-                responses.push(response);
+            let mut entries = entries.into_iter().peekable();
+            // A backlog is applied in chunks, each one sled batch under the
+            // write lock: reads get in between, and each chunk records its
+            // own applied log id.
+            while entries.peek().is_some() {
+                let mut applier = store.applier();
+                let mut attributes_changed = false;
+                let mut requests = 0;
+                let mut chunk_last = None;
+                while let Some(entry) = entries.next_if(|entry| {
+                    chunk_last.is_none() || requests + request_count(entry) <= APPLY_CHUNK_REQUESTS
+                }) {
+                    requests += request_count(&entry);
+                    chunk_last = Some(entry.log_id);
+                    let response = match entry.payload {
+                        EntryPayload::Blank => CommandResponse::default(),
+                        EntryPayload::Normal(Command::Writes(requests)) => CommandResponse {
+                            results: requests.iter().map(|req| applier.execute(req)).collect(),
+                        },
+                        EntryPayload::Normal(Command::PublishAttributes {
+                            member_id,
+                            attributes,
+                        }) => {
+                            attributes_by_member.insert(member_id, attributes);
+                            attributes_changed = true;
+                            CommandResponse::default()
+                        }
+                        EntryPayload::Membership(config) => {
+                            membership = StoredMembership::new(Some(entry.log_id), config);
+                            CommandResponse::default()
+                        }
+                    };
+                    responses.push(response);
+                }
+                let applied = postcard::to_stdvec(&chunk_last).map_err(std::io::Error::other)?;
+                let members = postcard::to_stdvec(&membership).map_err(std::io::Error::other)?;
+                applier.put_meta(META_APPLIED, &applied);
+                applier.put_meta(META_MEMBERSHIP, &members);
+                if attributes_changed {
+                    let published = postcard::to_stdvec(&attributes_by_member)
+                        .map_err(std::io::Error::other)?;
+                    applier.put_meta(META_ATTRIBUTES, &published);
+                }
+                applier.commit()?;
             }
-            let applied = postcard::to_stdvec(&Some(last)).map_err(std::io::Error::other)?;
-            let members = postcard::to_stdvec(&membership).map_err(std::io::Error::other)?;
-            applier.put_meta(META_APPLIED, &applied);
-            applier.put_meta(META_MEMBERSHIP, &members);
-            if attributes_changed {
-                let published =
-                    postcard::to_stdvec(&attributes_by_member).map_err(std::io::Error::other)?;
-                applier.put_meta(META_ATTRIBUTES, &published);
-            }
-            applier.commit()?;
             Ok::<_, std::io::Error>((responses, membership))
         })
         .await
@@ -373,6 +395,55 @@ mod tests {
             .iter()
             .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
             .collect()
+    }
+
+    /// A backlog of 20,000 single-put entries given to one `apply` call is
+    /// applied in chunks: a reader running meanwhile gets in between them
+    /// and sees revisions part-way, where one batch would have held the
+    /// write lock for all of it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_backlog_is_applied_in_chunks_that_reads_get_between() {
+        const ENTRIES: u64 = 20_000;
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(&dir.path().join("db"));
+        let mut state_machine = StateMachine::open(store.clone(), dir.path().join("snap")).unwrap();
+        let entries: Vec<Entry> = (1..=ENTRIES)
+            .map(|index| Entry {
+                log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+                payload: EntryPayload::Normal(Command::Writes(vec![WriteRequest::Put(
+                    PutRequest {
+                        key: Bytes::from(format!("k{index}")),
+                        value: Bytes::from_static(b"v"),
+                        ..Default::default()
+                    },
+                )])),
+            })
+            .collect();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (store, done) = (store.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut seen = std::collections::BTreeSet::new();
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let one = RangeRequest {
+                        key: Bytes::from_static(b"k1"),
+                        ..Default::default()
+                    };
+                    seen.insert(store.range(&one).unwrap().header.unwrap().revision);
+                }
+                seen
+            })
+        };
+        let responses = state_machine.apply(entries).await.unwrap();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let seen = reader.join().unwrap();
+        assert_eq!(responses.len() as u64, ENTRIES);
+        assert_eq!(store.revision(), ENTRIES as i64 + 1);
+        let part_way = seen
+            .iter()
+            .filter(|rev| **rev > 1 && **rev <= ENTRIES as i64)
+            .count();
+        assert!(part_way > 0, "reads saw only {seen:?}");
     }
 
     /// A crash in the middle of an install (here: the file ends early, after
