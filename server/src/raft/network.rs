@@ -70,9 +70,24 @@ pub enum Forwarded {
     Failed(EtcdError),
 }
 
-/// Whether the call failed while connecting, so the peer never saw the request.
+/// Whether the call failed while connecting, so the peer never saw the
+/// request: the transport's cause is a refused or unroutable connection.
+/// A reset or a timeout may come after the request left, so they do not count.
 fn is_connect_error(status: &tonic::Status) -> bool {
-    status.message().contains("connect")
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(error) = cause {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
+                    | std::io::ErrorKind::AddrNotAvailable
+            );
+        }
+        cause = error.source();
+    }
+    false
 }
 
 /// A peer call that failed before the peer answered.
@@ -387,5 +402,32 @@ impl RaftNetwork<TypeConfig> for Peer {
             client.vote(request).await
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refused connection is recognised by its cause, not by words in
+    /// the message: a status that only says "connect" was maybe sent.
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error_by_its_cause() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let channel = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect_lazy();
+        let status = RaftClient::new(channel)
+            .read_index(PeerRequest::default())
+            .await
+            .expect_err("nothing listens");
+        assert!(is_connect_error(&status), "{status:?}");
+        assert!(!is_connect_error(&tonic::Status::unavailable(
+            "error reading a body from connection"
+        )));
     }
 }
