@@ -18,7 +18,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::types::Raft;
+use super::election_switch::ElectionSwitch;
 
 /// Election timeouts without a snapshot chunk after which a paused member
 /// campaigns again on its own.
@@ -26,7 +26,7 @@ const PAUSE_SILENCE_TIMEOUTS: u32 = 10;
 
 #[derive(Clone)]
 pub struct ElectionPause {
-    raft: Raft,
+    switch: ElectionSwitch,
     silence: Duration,
     state: Arc<Mutex<PauseState>>,
 }
@@ -47,9 +47,9 @@ pub struct ChunkGuard {
 }
 
 impl ElectionPause {
-    pub fn new(raft: Raft, election_timeout: Duration) -> Self {
+    pub fn new(switch: ElectionSwitch, election_timeout: Duration) -> Self {
         Self {
-            raft,
+            switch,
             silence: election_timeout * PAUSE_SILENCE_TIMEOUTS,
             state: Arc::new(Mutex::new(PauseState {
                 paused: false,
@@ -73,7 +73,7 @@ impl ElectionPause {
         state.transfer_over = false;
         if !state.paused {
             state.paused = true;
-            self.raft.runtime_config().elect(false);
+            self.switch.set_receiving_snapshot(true);
             tracing::info!("receiving a snapshot: elections paused");
             tokio::spawn(self.clone().resume_after_silence());
         }
@@ -93,8 +93,8 @@ impl ElectionPause {
 
     fn resume(&self, state: &mut PauseState) {
         state.paused = false;
-        self.raft.runtime_config().elect(true);
-        tracing::info!("elections resumed");
+        self.switch.set_receiving_snapshot(false);
+        tracing::info!("snapshot received: elections resumed unless held");
     }
 
     async fn resume_after_silence(self) {

@@ -6,7 +6,7 @@
 //! voter is add-learner followed by promote, both through Raft.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::{ChangeMembers, Membership as RaftMembership};
@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::bootstrap;
+use super::election_switch::ElectionSwitch;
 use super::network::PeerNetwork;
 use super::state_machine;
 use super::types::{Member, Raft};
@@ -95,7 +96,7 @@ pub struct Membership {
     /// How long a follower refuses votes after hearing from its leader
     /// (openraft's leader lease: the longest election timeout).
     leader_lease: Duration,
-    elections_held_until: Arc<Mutex<Option<Instant>>>,
+    elections: ElectionSwitch,
     removed: Arc<watch::Sender<bool>>,
 }
 
@@ -141,6 +142,7 @@ impl Membership {
         cluster_id: u64,
         election_timeout: Duration,
     ) -> Self {
+        let elections = ElectionSwitch::new(raft.clone());
         Self {
             raft,
             store,
@@ -150,7 +152,7 @@ impl Membership {
             probe_timeout: election_timeout,
             transfer_timeout: election_timeout * 6,
             leader_lease: election_timeout,
-            elections_held_until: Arc::default(),
+            elections,
             removed: Arc::new(watch::channel(false).0),
         }
     }
@@ -467,35 +469,28 @@ impl Membership {
                 let _ = self.removed.send(true);
             }
             Notice::Campaign => {
-                *self
-                    .elections_held_until
-                    .lock()
-                    .expect("election hold lock") = None;
-                self.raft.runtime_config().elect(true);
+                self.elections.hold_until(None);
                 let raft = self.raft.clone();
                 tokio::spawn(async move { raft.trigger().elect().await });
             }
             Notice::HoldElections { millis } => {
                 let until = Instant::now() + Duration::from_millis(millis);
-                *self
-                    .elections_held_until
-                    .lock()
-                    .expect("election hold lock") = (millis > 0).then_some(until);
-                self.raft.runtime_config().elect(millis == 0);
+                self.elections.hold_until((millis > 0).then_some(until));
                 if millis > 0 {
-                    let raft = self.raft.clone();
-                    let held_until = self.elections_held_until.clone();
+                    let elections = self.elections.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep_until(until.into()).await;
-                        let mut held = held_until.lock().expect("election hold lock");
-                        if *held == Some(until) {
-                            *held = None;
-                            raft.runtime_config().elect(true);
-                        }
+                        elections.release_hold(until);
                     });
                 }
             }
         }
+    }
+
+    /// The switch that holds this member's elections, shared with the
+    /// snapshot receiver's pause.
+    pub fn election_switch(&self) -> ElectionSwitch {
+        self.elections.clone()
     }
 
     /// Resolves once this member was removed from the cluster: told so by

@@ -4,6 +4,7 @@
 
 mod bootstrap;
 mod election_pause;
+mod election_switch;
 mod leases;
 mod log_store;
 mod membership;
@@ -114,7 +115,10 @@ async fn serve_peers(
         raft.clone(),
         membership.clone(),
         lease_leader.clone(),
-        ElectionPause::new(raft.clone(), Duration::from_millis(config.election_timeout)),
+        ElectionPause::new(
+            membership.election_switch(),
+            Duration::from_millis(config.election_timeout),
+        ),
         identity.member_id,
         identity.cluster_id,
     ))
