@@ -89,6 +89,18 @@ impl Lessor {
         self.clock.lock().expect("lease clock lock poisoned")
     }
 
+    /// Reads the store on a blocking thread: its lock can be held for
+    /// minutes (a snapshot install), which must not stall a runtime worker.
+    async fn read_store<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Store) -> T + Send + 'static,
+    ) -> T {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || read(&store))
+            .await
+            .expect("reading leases panicked")
+    }
+
     async fn run(self: Arc<Self>) {
         let mut changes = self.store.subscribe_leases();
         let mut tick = tokio::time::interval(TICK);
@@ -109,7 +121,7 @@ impl Lessor {
                 }
                 change = changes.recv() => match change {
                     Ok(change) => self.changed(change),
-                    Err(broadcast::error::RecvError::Lagged(_)) => self.resync(),
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.resync().await,
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = tick.tick() => {
@@ -118,7 +130,7 @@ impl Lessor {
                         let _ = self.ensure_primary().await;
                     }
                     self.expire();
-                    self.checkpoint();
+                    self.checkpoint().await;
                 }
             }
         }
@@ -196,9 +208,9 @@ impl Lessor {
 
     /// After missing lease changes: drop deadlines of leases that are gone,
     /// add the full TTL for ones that are new.
-    fn resync(&self) {
+    async fn resync(&self) {
+        let leases = self.read_store(Store::leases).await;
         let now = Instant::now();
-        let leases = self.store.leases();
         let mut clock = self.clock();
         if clock.primary_term.is_none() {
             return;
@@ -271,7 +283,7 @@ impl Lessor {
 
     /// Every checkpoint interval, records the remaining TTL of each lease
     /// that outlives the interval (shorter ones cost nothing to restart).
-    fn checkpoint(&self) {
+    async fn checkpoint(&self) {
         let now = Instant::now();
         let due: Vec<(i64, Instant)> = {
             let mut clock = self.clock();
@@ -281,11 +293,15 @@ impl Lessor {
             clock.next_checkpoint = Some(now + CHECKPOINT_INTERVAL);
             clock.deadlines.iter().map(|(id, d)| (*id, *d)).collect()
         };
+        let due = self
+            .read_store(move |store| {
+                due.into_iter()
+                    .filter_map(|(id, deadline)| Some((id, deadline, store.lease_ttls(id)?.0)))
+                    .collect::<Vec<_>>()
+            })
+            .await;
         let mut checkpoints = Vec::new();
-        for (id, deadline) in due {
-            let Some((ttl, _)) = self.store.lease_ttls(id) else {
-                continue;
-            };
+        for (id, deadline, ttl) in due {
             let remaining = deadline.saturating_duration_since(now).as_secs_f64().ceil() as i64;
             if remaining > CHECKPOINT_INTERVAL.as_secs() as i64 && remaining < ttl {
                 checkpoints.push(LeaseCheckpoint {
@@ -321,7 +337,8 @@ impl Lessor {
     async fn renew(&self, id: i64) -> Result<LeaseAnswer, EtcdError> {
         self.ready_to_answer().await?;
         // Every keep-alive passes here: the TTLs only, not the lease's keys.
-        let Some((ttl, remaining_ttl)) = self.store.lease_ttls(id) else {
+        let Some((ttl, remaining_ttl)) = self.read_store(move |store| store.lease_ttls(id)).await
+        else {
             return Ok(LeaseAnswer::Renewed { ttl: 0 });
         };
         {
@@ -348,12 +365,15 @@ impl Lessor {
             });
             self.node.write_as_leader(clear).await?;
         }
+        let exists = self
+            .read_store(move |store| store.lease_ttls(id).is_some())
+            .await;
         let mut clock = self.clock();
         if !self.is_primary(&clock) {
             return Err(EtcdError::NotLeader);
         }
         // A revoke may have applied while the checkpoint was written.
-        if clock.revoking.contains_key(&id) || self.store.lease_ttls(id).is_none() {
+        if clock.revoking.contains_key(&id) || !exists {
             return Ok(LeaseAnswer::Renewed { ttl: 0 });
         }
         clock.deadlines.insert(id, Instant::now() + secs(ttl));
@@ -362,7 +382,7 @@ impl Lessor {
 
     async fn time_to_live(&self, id: i64, keys: bool) -> Result<LeaseAnswer, EtcdError> {
         self.ready_to_answer().await?;
-        let Some(lease) = self.store.lease(id) else {
+        let Some(lease) = self.read_store(move |store| store.lease(id)).await else {
             return Ok(LeaseAnswer::TimeToLive {
                 ttl: -1,
                 granted_ttl: 0,

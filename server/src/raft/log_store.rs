@@ -90,6 +90,21 @@ impl LogStore {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().expect("log store lock poisoned")
     }
+
+    /// Runs `work` on the log under its lock, on a blocking thread: file
+    /// writes, syncs and reads stay off the runtime's workers (openraft
+    /// calls the log store from its core task).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Inner) -> T + Send + 'static,
+    ) -> T {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            work(&mut inner.lock().expect("log store lock poisoned"))
+        })
+        .await
+        .expect("log store task panicked")
+    }
 }
 
 impl Inner {
@@ -111,7 +126,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        self.read_entries(range, usize::MAX).map_err(log_read_error)
+        let range = (range.start_bound().cloned(), range.end_bound().cloned());
+        self.blocking(move |inner| inner.read_entries(range, usize::MAX))
+            .await
+            .map_err(log_read_error)
     }
 
     /// What replication sends: the entries from `start` that fit the byte budget.
@@ -120,12 +138,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, StorageError> {
-        self.read_entries(start..end, REPLICATION_BATCH_BYTES)
+        self.blocking(move |inner| inner.read_entries(start..end, REPLICATION_BATCH_BYTES))
+            .await
             .map_err(log_read_error)
     }
 }
 
-impl LogStore {
+impl Inner {
     /// The stored entries in `range`, stopping before the one that would
     /// take their encoded size past `max_bytes` (the first is always read).
     fn read_entries(
@@ -133,7 +152,7 @@ impl LogStore {
         range: impl RangeBounds<u64>,
         max_bytes: usize,
     ) -> std::io::Result<Vec<Entry>> {
-        let inner = self.lock();
+        let inner = self;
         let start = match range.start_bound() {
             Bound::Included(i) => *i,
             Bound::Excluded(i) => i + 1,
@@ -178,11 +197,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
-        let mut inner = self.lock();
-        inner.meta.vote = Some(*vote);
-        inner
-            .store_meta()
-            .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, e))
+        let vote = *vote;
+        self.blocking(move |inner| {
+            inner.meta.vote = Some(vote);
+            inner.store_meta()
+        })
+        .await
+        .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, e))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
@@ -197,9 +218,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         let bytes = postcard::to_stdvec(&committed)
             .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
-        self.lock()
-            .committed_file
-            .store(&bytes)
+        self.blocking(move |inner| inner.committed_file.store(&bytes))
+            .await
             .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))
     }
 
@@ -225,20 +245,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut file = None;
-        {
-            let mut inner = self.lock();
-            for entry in entries {
-                let bytes = postcard::to_stdvec(&entry)
-                    .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-                let written = inner
-                    .wal
-                    .append(entry.log_id.index, &bytes)
-                    .map_err(|e| io_error(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, e))?;
-                inner.last_log_id = Some(entry.log_id);
-                file = Some(written);
-            }
-        }
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let file = self
+            .blocking(move |inner| {
+                let mut file = None;
+                for entry in entries {
+                    let bytes = postcard::to_stdvec(&entry)
+                        .map_err(|e| Box::new(io_error(ErrorSubject::Logs, ErrorVerb::Write, e)))?;
+                    let written = inner.wal.append(entry.log_id.index, &bytes).map_err(|e| {
+                        Box::new(io_error(
+                            ErrorSubject::Log(entry.log_id),
+                            ErrorVerb::Write,
+                            e,
+                        ))
+                    })?;
+                    inner.last_log_id = Some(entry.log_id);
+                    file = Some(written);
+                }
+                Ok::<_, Box<StorageError>>(file)
+            })
+            .await
+            .map_err(|e| *e)?;
         match file {
             Some(file) => self.syncer.sync(
                 file,
@@ -250,42 +277,52 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut inner = self.lock();
-        inner
-            .wal
-            .truncate(log_id.index)
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
-        inner.last_log_id = match inner.wal.is_empty() {
-            true => inner.meta.last_purged,
-            false => {
-                let last = inner.wal.next_index() - 1;
-                let bytes = inner
-                    .wal
-                    .read(last)
-                    .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?
-                    .expect("last record exists");
-                Some(decode(&bytes).map_err(log_read_error)?.log_id)
-            }
-        };
-        Ok(())
+        self.blocking(move |inner| {
+            inner
+                .wal
+                .truncate(log_id.index)
+                .map_err(|e| Box::new(io_error(ErrorSubject::Logs, ErrorVerb::Delete, e)))?;
+            inner.last_log_id = match inner.wal.is_empty() {
+                true => inner.meta.last_purged,
+                false => {
+                    let last = inner.wal.next_index() - 1;
+                    let bytes = inner
+                        .wal
+                        .read(last)
+                        .map_err(|e| Box::new(io_error(ErrorSubject::Logs, ErrorVerb::Read, e)))?
+                        .expect("last record exists");
+                    Some(
+                        decode(&bytes)
+                            .map_err(|e| Box::new(log_read_error(e)))?
+                            .log_id,
+                    )
+                }
+            };
+            Ok::<_, Box<StorageError>>(())
+        })
+        .await
+        .map_err(|e| *e)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut inner = self.lock();
-        // Durable first: after a crash, records at or below it are skipped.
-        inner.meta.last_purged = Some(log_id);
-        inner
-            .store_meta()
-            .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
-        if inner
-            .last_log_id
-            .is_none_or(|last| last.index < log_id.index)
-        {
-            inner.last_log_id = Some(log_id);
-        }
-        inner
-            .wal
-            .purge(log_id.index)
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))
+        self.blocking(move |inner| {
+            // Durable first: after a crash, records at or below it are skipped.
+            inner.meta.last_purged = Some(log_id);
+            inner
+                .store_meta()
+                .map_err(|e| Box::new(io_error(ErrorSubject::Store, ErrorVerb::Write, e)))?;
+            if inner
+                .last_log_id
+                .is_none_or(|last| last.index < log_id.index)
+            {
+                inner.last_log_id = Some(log_id);
+            }
+            inner
+                .wal
+                .purge(log_id.index)
+                .map_err(|e| Box::new(io_error(ErrorSubject::Logs, ErrorVerb::Delete, e)))
+        })
+        .await
+        .map_err(|e| *e)
     }
 }
