@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod power_fs;
 pub mod proxy;
 
 use std::collections::HashSet;
@@ -122,6 +123,18 @@ impl ServerProcess {
     /// Starts a server of `kind` on an existing data dir (which it may have
     /// created earlier with the given ports), with logs in a fresh tempdir.
     pub async fn start_on(kind: Kind, data_dir: &Path, client_port: u16, peer_port: u16) -> Self {
+        Self::start_on_with_args(kind, data_dir, client_port, peer_port, &[]).await
+    }
+
+    /// Like [`ServerProcess::start_on`], with `extra_args` appended to the
+    /// standard flags.
+    pub async fn start_on_with_args(
+        kind: Kind,
+        data_dir: &Path,
+        client_port: u16,
+        peer_port: u16,
+        extra_args: &[&str],
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix(&format!("{}-test-", kind.label()))
             .tempdir()
@@ -132,7 +145,7 @@ impl ServerProcess {
             data_dir.to_path_buf(),
             client_port,
             peer_port,
-            Vec::new(),
+            extra_args.iter().map(|a| a.to_string()).collect(),
         )
         .await
     }
@@ -551,6 +564,25 @@ impl Ballast {
     /// On an existing data dir (created earlier with these ports).
     pub async fn start_on(data_dir: &Path, client_port: u16, peer_port: u16) -> Self {
         Ballast(ServerProcess::start_on(Kind::Ballast, data_dir, client_port, peer_port).await)
+    }
+
+    /// On `data_dir`, with `extra_args` appended to the standard flags.
+    pub async fn start_on_with_args(
+        data_dir: &Path,
+        client_port: u16,
+        peer_port: u16,
+        extra_args: &[&str],
+    ) -> Self {
+        Ballast(
+            ServerProcess::start_on_with_args(
+                Kind::Ballast,
+                data_dir,
+                client_port,
+                peer_port,
+                extra_args,
+            )
+            .await,
+        )
     }
 }
 
