@@ -29,6 +29,8 @@ struct Inner {
     committed_file: HintFile,
     meta: LogMeta,
     last_log_id: Option<LogId>,
+    /// Committed for certain, whatever the hint file says.
+    committed_floor: Option<LogId>,
 }
 
 #[derive(Clone)]
@@ -74,12 +76,22 @@ impl LogStore {
                 wal,
                 state_file,
                 committed_file,
+                committed_floor: meta.last_purged,
                 meta,
                 last_log_id,
             })),
             syncer: Syncer::start()?,
             committed_index: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// Raises what [`RaftLogStorage::read_committed`] answers to at least
+    /// `known` (the state machine's applied or snapshot log id): the hint
+    /// file is not synced, and openraft refuses to start with a snapshot
+    /// past its committed log id.
+    pub fn raise_committed(&self, known: Option<LogId>) {
+        let mut inner = self.lock();
+        inner.committed_floor = inner.committed_floor.max(known);
     }
 
     /// The committed index as openraft reports it, for status readers.
@@ -224,16 +236,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        let bytes = self
-            .lock()
+        let inner = self.lock();
+        let bytes = inner
             .committed_file
             .load()
             .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Read, e))?;
-        match bytes {
+        let hinted: Option<LogId> = match bytes {
             Some(bytes) => postcard::from_bytes(&bytes)
-                .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Read, e)),
-            None => Ok(None),
-        }
+                .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Read, e))?,
+            None => None,
+        };
+        Ok(hinted.max(inner.committed_floor))
     }
 
     async fn append<I>(

@@ -218,6 +218,7 @@ impl RaftNode {
         let log_store = LogStore::open(&member_dir.join("wal"))?;
         let committed_index = log_store.committed_index();
         let state_machine = StateMachine::open(store.clone(), member_dir.join("snap"))?;
+        log_store.raise_committed(state_machine.known_committed()?);
         let peers = PeerNetwork::new(identity.cluster_id, peer_source_address(config));
         let raft = Raft::new(
             identity.member_id,

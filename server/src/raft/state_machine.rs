@@ -197,6 +197,17 @@ impl StateMachine {
             membership,
         })
     }
+
+    /// The last entry known committed from this member's own durable state:
+    /// only committed entries are applied or put in a snapshot. The log's
+    /// committed hint is not synced, so after a power loss it can lag both.
+    pub fn known_committed(&self) -> std::io::Result<Option<LogId>> {
+        let snapshot = self
+            .files
+            .current_snapshot()?
+            .and_then(|(meta, _)| meta.last_log_id);
+        Ok(self.applied.max(snapshot))
+    }
 }
 
 /// Most write requests applied under the store's write lock at once.
