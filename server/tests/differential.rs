@@ -4,6 +4,12 @@
 //! (recursively inside Txn sub-responses), and every error must have the same
 //! gRPC code and message.
 //!
+//! The mix includes leases (granted with fixed ids, attached, revoked),
+//! extreme `limit` and revision values, and values near `--max-request-bytes`.
+//! The single-member run also restarts both servers with kill -9 half way
+//! and compares the reopened state, and ends with a burst of concurrent puts
+//! (several requests per Raft entry) and a lease that expires.
+//!
 //! Environment:
 //! - `BALLAST_DIFF_SEED`: the seed (default: random, printed);
 //! - `BALLAST_DIFF_OPS`: number of operations (default 2500).
@@ -19,11 +25,13 @@ use std::fmt::Write as _;
 
 use ballast_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use ballast_proto::etcdserverpb::kv_client::KvClient;
+use ballast_proto::etcdserverpb::lease_client::LeaseClient;
 use ballast_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use ballast_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, TxnRequest,
-    TxnResponse, request_op, response_op,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseLeasesRequest, LeaseRevokeRequest,
+    LeaseRevokeResponse, LeaseTimeToLiveRequest, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, RequestOp, ResponseHeader, TxnRequest, TxnResponse, request_op, response_op,
 };
 use ballast_proto::mvccpb::KeyValue;
 use bytes::Bytes;
@@ -60,8 +68,16 @@ const PROBES: &[&[u8]] = &[
 ];
 /// Values; few and short so that sorting by value has ties.
 const VALUES: &[&[u8]] = &[b"", b"v0", b"v1", b"v2", b"v3", b"x"];
-/// A lease id that never exists (no leases are ever granted here).
+/// A lease id that is never granted.
 const BOGUS_LEASE: i64 = 0x1234_5678;
+/// Lease ids granted (and revoked, and granted again) by the workload, the
+/// same on both sides; long-lived, so that none expires during the run.
+const LEASE_IDS: &[i64] = &[0x101, 0x202, 0x303];
+const LEASE_TTL: i64 = 3600;
+/// `--max-request-bytes` of both servers (the default).
+const MAX_REQUEST_BYTES: usize = 1536 * 1024;
+/// Responses with values near the request limit can pass tonic's 4 MiB default.
+const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -70,6 +86,8 @@ enum Op {
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
     Compact(CompactionRequest),
+    LeaseGrant(LeaseGrantRequest),
+    LeaseRevoke(LeaseRevokeRequest),
 }
 
 impl Op {
@@ -80,6 +98,8 @@ impl Op {
             Op::DeleteRange(_) => "delete",
             Op::Txn(_) => "txn",
             Op::Compact(_) => "compact",
+            Op::LeaseGrant(_) => "grant",
+            Op::LeaseRevoke(_) => "revoke",
         }
     }
 }
@@ -91,6 +111,8 @@ enum Outcome {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compact(CompactionResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
     Error { code: tonic::Code, message: String },
 }
 
@@ -102,6 +124,8 @@ impl Outcome {
             Outcome::DeleteRange(r) => r.header.as_ref(),
             Outcome::Txn(r) => r.header.as_ref(),
             Outcome::Compact(r) => r.header.as_ref(),
+            Outcome::LeaseGrant(r) => r.header.as_ref(),
+            Outcome::LeaseRevoke(r) => r.header.as_ref(),
             Outcome::Error { .. } => None,
         };
         h.map(|h| h.revision)
@@ -144,6 +168,8 @@ fn normalize(mut o: Outcome) -> Outcome {
         Outcome::DeleteRange(r) => zero_ids(&mut r.header),
         Outcome::Txn(t) => normalize_txn(t),
         Outcome::Compact(r) => zero_ids(&mut r.header),
+        Outcome::LeaseGrant(r) => zero_ids(&mut r.header),
+        Outcome::LeaseRevoke(r) => zero_ids(&mut r.header),
         Outcome::Error { .. } => {}
     }
     o
@@ -162,7 +188,28 @@ fn outcome<T>(
     }
 }
 
-async fn execute(label: &str, kv: &mut KvClient<Channel>, op: &Op) -> Outcome {
+/// One server's clients.
+struct Side {
+    kv: KvClient<Channel>,
+    lease: LeaseClient<Channel>,
+}
+
+impl Side {
+    async fn of(server: &common::ServerProcess) -> Self {
+        Self::on(server.channel().await)
+    }
+
+    fn on(channel: Channel) -> Self {
+        Side {
+            kv: KvClient::new(channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES),
+            lease: LeaseClient::new(channel),
+        }
+    }
+}
+
+async fn execute(label: &str, side: &mut Side, op: &Op) -> Outcome {
+    let kv = &mut side.kv;
+    let lease = &mut side.lease;
     let call = async {
         match op.clone() {
             Op::Range(r) => outcome(kv.range(r).await, Outcome::Range),
@@ -170,6 +217,8 @@ async fn execute(label: &str, kv: &mut KvClient<Channel>, op: &Op) -> Outcome {
             Op::DeleteRange(r) => outcome(kv.delete_range(r).await, Outcome::DeleteRange),
             Op::Txn(r) => outcome(kv.txn(r).await, Outcome::Txn),
             Op::Compact(r) => outcome(kv.compact(r).await, Outcome::Compact),
+            Op::LeaseGrant(r) => outcome(lease.lease_grant(r).await, Outcome::LeaseGrant),
+            Op::LeaseRevoke(r) => outcome(lease.lease_revoke(r).await, Outcome::LeaseRevoke),
         }
     };
     match tokio::time::timeout(RPC_TIMEOUT, call).await {
@@ -269,7 +318,7 @@ impl Gen {
             }
             90..94 => self.range(1, self.rev),
             94..98 => self.rev + self.range(1, 3),
-            _ => -1,
+            _ => self.pick(&[-1, i64::MIN, i64::MAX]),
         }
     }
 
@@ -289,7 +338,7 @@ impl Gen {
             0..50 => 0,
             50..92 => self.range(1, 4),
             92..96 => 100,
-            _ => -1,
+            _ => self.pick(&[-1, i64::MIN, i64::MAX]),
         };
         let (sort_order, sort_target) = if self.chance(0.45) {
             (SortOrder::None, SortTarget::Key)
@@ -356,6 +405,9 @@ impl Gen {
         if !p.ignore_lease && self.chance(0.01) {
             // "etcdserver: requested lease not found".
             p.lease = BOGUS_LEASE;
+        } else if !p.ignore_lease && self.chance(0.1) {
+            // Granted or not, whichever the workload did last.
+            p.lease = self.pick(LEASE_IDS);
         }
         p
     }
@@ -625,6 +677,12 @@ impl Gen {
     }
 
     fn gen_op(&mut self) -> Op {
+        if self.chance(0.05) {
+            return self.gen_lease_op();
+        }
+        if self.chance(0.003) {
+            return self.gen_large_put();
+        }
         match self.rng.random_range(0..1000) {
             0..340 => Op::Range(self.gen_range()),
             340..640 => {
@@ -668,6 +726,33 @@ impl Gen {
                 Op::Txn(t)
             }
         }
+    }
+
+    /// Grants (with a fixed id: "lease already exists" when it is) or
+    /// revokes (the keys attached go in one revision; "requested lease not
+    /// found" when there is none).
+    fn gen_lease_op(&mut self) -> Op {
+        let id = self.pick(LEASE_IDS);
+        if self.chance(0.55) {
+            Op::LeaseGrant(LeaseGrantRequest { ttl: LEASE_TTL, id })
+        } else {
+            Op::LeaseRevoke(LeaseRevokeRequest { id })
+        }
+    }
+
+    /// A put just under the request limit (taken) or just over it
+    /// ("etcdserver: request is too large").
+    fn gen_large_put(&mut self) -> Op {
+        let len = if self.chance(0.5) {
+            MAX_REQUEST_BYTES - 1024
+        } else {
+            MAX_REQUEST_BYTES + 1
+        };
+        Op::Put(PutRequest {
+            key: self.write_key().into(),
+            value: vec![b'L'; len].into(),
+            ..Default::default()
+        })
     }
 
     /// Learns the store revision, the compaction revision and key hints
@@ -731,13 +816,15 @@ async fn differential_against_etcd() {
     let n_ops = ops_from_env();
     println!("differential: seed {seed} (set BALLAST_DIFF_SEED={seed} to reproduce), {n_ops} ops");
 
-    let (etcd, ballast) = tokio::join!(Etcd::start(), Ballast::start());
+    let (mut etcd, mut ballast) = tokio::join!(Etcd::start(), Ballast::start());
+    let (etcd_side, ballast_side) = (Side::of(&etcd).await, Side::of(&ballast).await);
     run(
         seed,
         n_ops,
-        etcd.kv_client().await,
-        ballast.kv_client().await,
+        etcd_side,
+        ballast_side,
         false,
+        Some((&mut etcd, &mut ballast)),
     )
     .await;
 }
@@ -759,22 +846,137 @@ async fn differential_against_etcd_through_a_follower() {
     run(
         seed,
         n_ops,
-        etcd.kv_client().await,
-        KvClient::new(channel),
+        Side::of(&etcd).await,
+        Side::on(channel),
         true,
+        None,
     )
     .await;
 }
 
+/// Everything both hold now: every key, and every lease with its granted
+/// TTL and keys (the remaining TTL depends on timing).
+async fn compare_state(etcd: &mut Side, ballast: &mut Side, seed: u64, when: &str) {
+    let all = Op::Range(RangeRequest {
+        key: vec![0].into(),
+        range_end: vec![0].into(),
+        ..Default::default()
+    });
+    let (e, b) = tokio::join!(
+        execute("etcd", etcd, &all),
+        execute("ballast", ballast, &all)
+    );
+    assert_eq!(e, b, "full range differs {when} (seed {seed})");
+    let (e, b) = (leases_of(etcd).await, leases_of(ballast).await);
+    assert_eq!(e, b, "leases differ {when} (seed {seed})");
+}
+
+/// Lease id -> (granted TTL, attached keys), sorted.
+async fn leases_of(side: &mut Side) -> Vec<(i64, i64, Vec<Bytes>)> {
+    let mut ids: Vec<i64> = side
+        .lease
+        .lease_leases(LeaseLeasesRequest {})
+        .await
+        .expect("lease list")
+        .into_inner()
+        .leases
+        .iter()
+        .map(|lease| lease.id)
+        .collect();
+    ids.sort_unstable();
+    let mut leases = Vec::new();
+    for id in ids {
+        let ttl = side
+            .lease
+            .lease_time_to_live(LeaseTimeToLiveRequest { id, keys: true })
+            .await
+            .expect("lease time to live")
+            .into_inner();
+        let mut keys = ttl.keys.clone();
+        keys.sort();
+        leases.push((id, ttl.granted_ttl, keys));
+    }
+    leases
+}
+
+/// 64 puts of distinct keys sent at once, so that Ballast packs several
+/// into one Raft entry. Their order is up to each server, so the answer is
+/// the set of revisions they took and each key's value and version.
+async fn concurrent_puts(side: &Side) -> (Vec<i64>, Vec<(Bytes, Bytes, i64)>) {
+    let mut puts = tokio::task::JoinSet::new();
+    for i in 0..64 {
+        let mut kv = side.kv.clone();
+        puts.spawn(async move {
+            kv.put(PutRequest {
+                key: format!("burst/{i:02}").into_bytes().into(),
+                value: format!("b{i}").into_bytes().into(),
+                ..Default::default()
+            })
+            .await
+            .expect("concurrent put")
+            .into_inner()
+            .header
+            .expect("header")
+            .revision
+        });
+    }
+    let mut revisions = puts.join_all().await;
+    revisions.sort_unstable();
+    let mut kv = side.kv.clone();
+    let burst = kv
+        .range(RangeRequest {
+            key: Bytes::from_static(b"burst/"),
+            range_end: prefix_end(b"burst/").into(),
+            ..Default::default()
+        })
+        .await
+        .expect("read the burst")
+        .into_inner();
+    let keys = burst
+        .kvs
+        .into_iter()
+        .map(|kv| (kv.key, kv.value, kv.version))
+        .collect();
+    (revisions, keys)
+}
+
+/// Both still hold a key on a 2-second lease, until each expires it.
+async fn wait_until_expired(side: &mut Side, key: &'static [u8]) {
+    let gone = async {
+        loop {
+            let count = side
+                .kv
+                .range(RangeRequest {
+                    key: Bytes::from_static(key),
+                    count_only: true,
+                    ..Default::default()
+                })
+                .await
+                .expect("range")
+                .into_inner()
+                .count;
+            if count == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), gone)
+        .await
+        .expect("the lease never expired");
+}
+
 /// Runs the seeded operations against both. `follower`: Ballast is reached
 /// through a follower, whose serializable reads may lag the leader by design;
-/// a linearizable read first makes it catch up, so that the comparison stays exact.
+/// a linearizable read first makes it catch up, so that the comparison stays
+/// exact. `restart`: both servers are killed and restarted half way.
 async fn run(
     seed: u64,
     n_ops: usize,
-    mut etcd_kv: KvClient<Channel>,
-    mut ballast_kv: KvClient<Channel>,
+    mut etcd: Side,
+    mut ballast: Side,
     follower: bool,
+    mut restart: Option<(&mut Etcd, &mut Ballast)>,
 ) {
     let mut g = Gen::new(seed);
     // (op kind, outcome summary) -> count, to show what the run covered.
@@ -782,6 +984,17 @@ async fn run(
     let mut recent: Vec<String> = Vec::new();
 
     for i in 0..n_ops {
+        if i == n_ops / 2
+            && let Some((etcd_server, ballast_server)) = restart.as_mut()
+        {
+            etcd_server.kill9();
+            ballast_server.kill9();
+            tokio::join!(etcd_server.restart(), ballast_server.restart());
+            etcd = Side::of(etcd_server).await;
+            ballast = Side::of(ballast_server).await;
+            compare_state(&mut etcd, &mut ballast, seed, "after kill -9 and restart").await;
+            recent.push(format!("#{i} kill -9 and restart of both"));
+        }
         let op = g.gen_op();
         if follower && matches!(&op, Op::Range(r) if r.serializable) {
             let barrier = RangeRequest {
@@ -789,14 +1002,15 @@ async fn run(
                 limit: 1,
                 ..Default::default()
             };
-            ballast_kv
+            ballast
+                .kv
                 .range(barrier)
                 .await
                 .expect("linearizable barrier read");
         }
         let (e, b) = tokio::join!(
-            execute("etcd", &mut etcd_kv, &op),
-            execute("ballast", &mut ballast_kv, &op)
+            execute("etcd", &mut etcd, &op),
+            execute("ballast", &mut ballast, &op)
         );
         if e != b {
             let mut history = String::new();
@@ -823,16 +1037,42 @@ async fn run(
     }
 
     // Both must also agree on the final state, read in full.
-    let all = Op::Range(RangeRequest {
-        key: vec![0].into(),
-        range_end: vec![0].into(),
-        ..Default::default()
+    compare_state(&mut etcd, &mut ballast, seed, "at the end").await;
+
+    let (e, b) = tokio::join!(concurrent_puts(&etcd), concurrent_puts(&ballast));
+    assert_eq!(e, b, "concurrent puts differ (seed {seed})");
+    let clear = Op::DeleteRange(DeleteRangeRequest {
+        key: Bytes::from_static(b"burst/"),
+        range_end: prefix_end(b"burst/").into(),
+        prev_kv: false,
     });
     let (e, b) = tokio::join!(
-        execute("etcd", &mut etcd_kv, &all),
-        execute("ballast", &mut ballast_kv, &all)
+        execute("etcd", &mut etcd, &clear),
+        execute("ballast", &mut ballast, &clear)
     );
-    assert_eq!(e, b, "final full range differs (seed {seed})");
+    assert_eq!(e, b, "deleting the burst differs (seed {seed})");
+
+    let expiring = [
+        Op::LeaseGrant(LeaseGrantRequest { ttl: 2, id: 0x999 }),
+        Op::Put(PutRequest {
+            key: Bytes::from_static(b"expiring"),
+            value: Bytes::from_static(b"soon gone"),
+            lease: 0x999,
+            ..Default::default()
+        }),
+    ];
+    for op in &expiring {
+        let (e, b) = tokio::join!(
+            execute("etcd", &mut etcd, op),
+            execute("ballast", &mut ballast, op)
+        );
+        assert_eq!(e, b, "{} differs (seed {seed})", op.kind());
+    }
+    tokio::join!(
+        wait_until_expired(&mut etcd, b"expiring"),
+        wait_until_expired(&mut ballast, b"expiring")
+    );
+    compare_state(&mut etcd, &mut ballast, seed, "after a lease expired").await;
 
     println!("differential coverage (op, outcome -> count):");
     for ((kind, summary), count) in &stats {
