@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::{ChangeMembers, Membership as RaftMembership};
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::bootstrap;
 use super::election_switch::ElectionSwitch;
 use super::network::PeerNetwork;
+use super::peer_messages::{ClusterInfo, MemberChange, MemberChanged, MemberInfo, Notice};
 use super::state_machine;
 use super::types::{Member, Raft};
 use crate::errors::EtcdError;
@@ -25,61 +25,6 @@ use crate::mvcc::Store;
 const LEARNER_READY_PERCENT: u64 = 90;
 /// etcd allows one learner at a time.
 const MAX_LEARNERS: usize = 1;
-
-/// A membership change, carried out by the leader.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum MemberChange {
-    Add {
-        peer_urls: Vec<String>,
-        is_learner: bool,
-    },
-    Remove {
-        id: u64,
-    },
-    Update {
-        id: u64,
-        peer_urls: Vec<String>,
-    },
-    Promote {
-        id: u64,
-    },
-}
-
-/// A member as the Cluster API lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemberInfo {
-    pub id: u64,
-    pub name: String,
-    pub peer_urls: Vec<String>,
-    pub client_urls: Vec<String>,
-    pub is_learner: bool,
-}
-
-/// The outcome of a change: the added member, if any, and the new member list.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MemberChanged {
-    pub added: Option<MemberInfo>,
-    pub members: Vec<MemberInfo>,
-}
-
-/// What a member joining with `--initial-cluster-state existing` learns from a peer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ClusterInfo {
-    pub cluster_id: u64,
-    pub members: BTreeMap<u64, Member>,
-}
-
-/// What the leader tells a member about itself.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Notice {
-    /// Do not campaign for this long (zero: campaign again), so that the
-    /// member a leader transfer chose wins the election.
-    HoldElections { millis: u64 },
-    /// Campaign now: the leader transfer chose this member.
-    Campaign,
-    /// The member was removed from the cluster and must stop.
-    Removed,
-}
 
 /// Membership state and actions shared by the client API and the peer service.
 #[derive(Clone)]

@@ -9,6 +9,7 @@ mod leases;
 mod log_store;
 mod membership;
 mod network;
+mod peer_messages;
 mod peer_service;
 mod proposer;
 mod read_barrier;
@@ -29,7 +30,7 @@ use openraft::{RaftMetrics, SnapshotPolicy};
 pub use bootstrap::Identity;
 pub use leases::{LeaderLeases, LeaseAnswer, LeaseCall};
 pub use log_store::LogStore;
-pub use membership::{MemberChange, MemberChanged, MemberInfo};
+pub use peer_messages::{MemberChange, MemberChanged, MemberInfo};
 pub use state_machine::StateMachine;
 pub use types::{Member, Raft, TypeConfig};
 

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
 use super::leases::{LeaseAnswer, LeaseCall};
-use super::membership::{ClusterInfo, MemberChange, MemberChanged, Notice};
+use super::peer_messages::{ClusterInfo, MemberChange, MemberChanged, Notice};
 
 use super::types::{Command, CommandResponse, LogId, Member, TypeConfig};
 use crate::errors::EtcdError;

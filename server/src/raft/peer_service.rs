@@ -15,7 +15,8 @@ use tonic::{Request, Response, Status};
 use super::LeaseLeaderSlot;
 use super::election_pause::ElectionPause;
 use super::leases::{LeaseAnswer, LeaseCall};
-use super::membership::{MemberChange, MemberChanged, Membership, Notice};
+use super::membership::Membership;
+use super::peer_messages::{MemberChange, MemberChanged, Notice};
 use super::types::{Command, CommandResponse, LogId, Raft, TypeConfig};
 use crate::errors::EtcdError;
 
