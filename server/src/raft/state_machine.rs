@@ -117,12 +117,26 @@ impl SnapshotFiles {
     }
 
     /// Checks the received snapshot, makes it the current one, and replaces
-    /// the store's state with it. `data` is normally `receiving.snap`, as
-    /// [`RaftStateMachine::begin_receiving_snapshot`] opened it; any other
-    /// file is copied there first.
-    fn install(&self, store: &Store, meta: &Meta, mut data: std::fs::File) -> std::io::Result<()> {
-        use std::os::unix::fs::MetadataExt;
+    /// the store's state with it.
+    fn install(&self, store: &Store, meta: &Meta, data: std::fs::File) -> std::io::Result<()> {
         let _busy = self.busy.lock().expect("snapshot files lock poisoned");
+        let current = self.make_current(store, meta, data)?;
+        store.install(&mut SnapshotReader::open(&current)?)
+    }
+
+    /// Checks the received snapshot and makes it `current.snap`, with the
+    /// store marked as installing first: from then on a crash makes
+    /// [`StateMachine::open`] install it, so the member never starts with a
+    /// snapshot newer than its state. `data` is normally `receiving.snap`,
+    /// as [`RaftStateMachine::begin_receiving_snapshot`] opened it; any
+    /// other file is copied there first.
+    fn make_current(
+        &self,
+        store: &Store,
+        meta: &Meta,
+        mut data: std::fs::File,
+    ) -> std::io::Result<PathBuf> {
+        use std::os::unix::fs::MetadataExt;
         let received = self.receiving();
         let is_received = std::fs::metadata(&received)
             .is_ok_and(|at_path| at_path.ino() == data.metadata().map(|m| m.ino()).unwrap_or(0));
@@ -130,9 +144,10 @@ impl SnapshotFiles {
             data.seek(SeekFrom::Start(0))?;
             let mut copy = std::fs::File::create(&received)?;
             std::io::copy(&mut data, &mut copy)?;
-            copy.sync_all()?;
         }
         drop(data);
+        // The chunks were written without syncs.
+        std::fs::File::open(&received)?.sync_all()?;
         SnapshotReader::verify(&received)?;
         let described: Meta = decode(SnapshotReader::open(&received)?.meta())?;
         if described.last_log_id != meta.last_log_id {
@@ -141,10 +156,11 @@ impl SnapshotFiles {
                 "the received snapshot is not the one announced",
             ));
         }
+        store.mark_installing()?;
         let current = self.current();
         std::fs::rename(&received, &current)?;
         crate::storage::wal::sync_dir(&self.dir)?;
-        store.install(&mut SnapshotReader::open(&current)?)
+        Ok(current)
     }
 }
 
@@ -182,12 +198,18 @@ impl StateMachine {
             dir: snapshot_dir,
             busy: Mutex::new(()),
         };
-        remove_if_present(&files.receiving())?;
         remove_if_present(&files.current().with_extension("tmp"))?;
         if store.install_interrupted()? {
+            // Marked before the received file became current: if it is
+            // still there, the crash came before the rename.
+            if SnapshotReader::verify(&files.receiving()).is_ok() {
+                std::fs::rename(files.receiving(), files.current())?;
+                crate::storage::wal::sync_dir(&files.dir)?;
+            }
             tracing::warn!("a snapshot install was interrupted; installing it again");
             store.install(&mut SnapshotReader::open(&files.current())?)?;
         }
+        remove_if_present(&files.receiving())?;
         let applied = read_meta::<Option<LogId>>(&store, META_APPLIED)?.flatten();
         let membership = read_meta(&store, META_MEMBERSHIP)?.unwrap_or_default();
         Ok(Self {
@@ -455,6 +477,45 @@ mod tests {
             .filter(|rev| **rev > 1 && **rev <= ENTRIES as i64)
             .count();
         assert!(part_way > 0, "reads saw only {seen:?}");
+    }
+
+    /// A crash after the received snapshot became `current.snap` but before
+    /// the store started replacing its state: on open the snapshot is
+    /// installed, not left beside an older state (whose log behind the
+    /// snapshot the leader no longer has), and the member starts with the
+    /// snapshot's state.
+    #[test]
+    fn a_crash_between_receiving_and_installing_installs_on_open() {
+        let leader_dir = tempfile::tempdir().unwrap();
+        let leader = open_store(&leader_dir.path().join("db"));
+        put_all(&leader, &["a", "b", "c"]);
+        let leader_files = SnapshotFiles {
+            dir: leader_dir.path().join("snap"),
+            busy: Mutex::new(()),
+        };
+        std::fs::create_dir_all(&leader_files.dir).unwrap();
+        let (meta, _) = leader_files.build(&leader).unwrap();
+
+        let member_dir = tempfile::tempdir().unwrap();
+        let snap_dir = member_dir.path().join("snap");
+        {
+            let member = open_store(&member_dir.path().join("db"));
+            put_all(&member, &["old-key"]);
+            let files = SnapshotFiles {
+                dir: snap_dir.clone(),
+                busy: Mutex::new(()),
+            };
+            std::fs::create_dir_all(&snap_dir).unwrap();
+            std::fs::copy(leader_files.current(), files.receiving()).unwrap();
+            let received = std::fs::File::open(files.receiving()).unwrap();
+            // The crash: the store is gone before it could take the write lock.
+            files.make_current(&member, &meta, received).unwrap();
+        }
+
+        let member = open_store(&member_dir.path().join("db"));
+        let state_machine = StateMachine::open(member.clone(), snap_dir).unwrap();
+        assert_eq!(keys(&member), ["a", "b", "c"]);
+        assert_eq!(state_machine.applied, meta.last_log_id);
     }
 
     /// A crash in the middle of an install (here: the file ends early, after

@@ -58,16 +58,22 @@ impl Store {
         Ok(self.db.own_meta(OWN_INSTALLING)?.is_some())
     }
 
+    /// Marks, durably, that a snapshot is about to replace the state: until
+    /// [`Store::install`] ends, [`Store::install_interrupted`] says so.
+    pub fn mark_installing(&self) -> std::io::Result<()> {
+        let mut marker = StateBatch::default();
+        marker.put_own_meta(OWN_INSTALLING, b"");
+        self.db.apply(marker)?;
+        self.db.flush_durable()
+    }
+
     /// Replaces the whole state with a snapshot's, in bounded batches, and
     /// makes it durable. Readers wait until it is done; a crash part-way is
     /// seen by [`Store::install_interrupted`].
     pub fn install(&self, snapshot: &mut SnapshotReader) -> std::io::Result<()> {
         let pin = self.compactor.pin();
         let mut state = self.state.write().expect("store lock poisoned");
-        let mut marker = StateBatch::default();
-        marker.put_own_meta(OWN_INSTALLING, b"");
-        self.db.apply(marker)?;
-        self.db.flush_durable()?;
+        self.mark_installing()?;
         self.db.clear_replicated()?;
         while let Some(pairs) = snapshot.next_batch()? {
             self.db.insert_pairs(pairs)?;
