@@ -546,7 +546,7 @@ impl RaftNode {
     }
 
     pub async fn put(&self, request: PutRequest) -> Result<PutResponse, EtcdError> {
-        match self.proposer.propose(WriteRequest::Put(request)).await? {
+        match self.write(WriteRequest::Put(request)).await? {
             WriteResponse::Put(response) => Ok(response),
             other => unreachable!("put answered with {other:?}"),
         }
@@ -556,11 +556,7 @@ impl RaftNode {
         &self,
         request: DeleteRangeRequest,
     ) -> Result<DeleteRangeResponse, EtcdError> {
-        match self
-            .proposer
-            .propose(WriteRequest::DeleteRange(request))
-            .await?
-        {
+        match self.write(WriteRequest::DeleteRange(request)).await? {
             WriteResponse::DeleteRange(response) => Ok(response),
             other => unreachable!("delete answered with {other:?}"),
         }
@@ -571,7 +567,7 @@ impl RaftNode {
         if Store::is_read_only(&request) {
             return self.read_only_txn(request).await;
         }
-        match self.proposer.propose(WriteRequest::Txn(request)).await? {
+        match self.write(WriteRequest::Txn(request)).await? {
             WriteResponse::Txn(response) => Ok(response),
             other => unreachable!("txn answered with {other:?}"),
         }
@@ -582,11 +578,7 @@ impl RaftNode {
         request: CompactionRequest,
     ) -> Result<CompactionResponse, EtcdError> {
         let (at, physical) = (request.revision, request.physical);
-        let response = match self
-            .proposer
-            .propose(WriteRequest::Compact(request))
-            .await?
-        {
+        let response = match self.write(WriteRequest::Compact(request)).await? {
             WriteResponse::Compact(response) => response,
             other => unreachable!("compact answered with {other:?}"),
         };

@@ -26,6 +26,9 @@ const MAX_BATCH: usize = 1024;
 const MAX_BATCH_BYTES: usize = 1024 * 1024;
 /// Proposals in flight at once: lets one batch apply while the next is logged.
 const IN_FLIGHT: usize = 2;
+/// Requests waiting for a proposal; more wait for room (backpressure on
+/// the handlers) rather than growing memory without bound.
+const QUEUE: usize = 16 * 1024;
 /// Attempts at finding a leader before a client hears `no leader`.
 const LEADER_ATTEMPTS: usize = 3;
 
@@ -33,12 +36,12 @@ type Reply = oneshot::Sender<Result<WriteResponse, EtcdError>>;
 
 #[derive(Clone)]
 pub struct Proposer {
-    tx: mpsc::UnboundedSender<(WriteRequest, Reply)>,
+    tx: mpsc::Sender<(WriteRequest, Reply)>,
 }
 
 impl Proposer {
     pub fn start(submitter: Submitter) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(run(submitter, rx));
         Self { tx }
     }
@@ -47,6 +50,7 @@ impl Proposer {
         let (reply, response) = oneshot::channel();
         self.tx
             .send((request, reply))
+            .await
             .map_err(|_| EtcdError::Stopped)?;
         response.await.map_err(|_| EtcdError::Stopped)?
     }
@@ -131,19 +135,25 @@ fn request_bytes(request: &WriteRequest) -> usize {
     }
 }
 
-async fn run(submitter: Submitter, mut rx: mpsc::UnboundedReceiver<(WriteRequest, Reply)>) {
+async fn run(submitter: Submitter, mut rx: mpsc::Receiver<(WriteRequest, Reply)>) {
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut carried = None;
     loop {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let first = match carried.take() {
-            Some(first) => first,
-            None => match rx.recv().await {
-                Some(first) => first,
-                None => return,
-            },
+        // A request whose client went away (its reply closed) is not proposed.
+        let first = loop {
+            let next = match carried.take() {
+                Some(next) => next,
+                None => match rx.recv().await {
+                    Some(next) => next,
+                    None => return,
+                },
+            };
+            if !next.1.is_closed() {
+                break next;
+            }
         };
         let mut bytes = request_bytes(&first.0);
         let mut requests = vec![first.0];
@@ -152,6 +162,9 @@ async fn run(submitter: Submitter, mut rx: mpsc::UnboundedReceiver<(WriteRequest
             let Ok((request, reply)) = rx.try_recv() else {
                 break;
             };
+            if reply.is_closed() {
+                continue;
+            }
             bytes += request_bytes(&request);
             if bytes > MAX_BATCH_BYTES {
                 carried = Some((request, reply));
