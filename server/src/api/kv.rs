@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 
 use super::Header;
 use super::validate::{self, Limits};
+use crate::mvcc::Store;
 use crate::raft::RaftNode;
 
 pub struct KvService {
@@ -74,7 +75,11 @@ impl Kv for KvService {
         validate::check_txn(&request, self.limits.max_txn_ops)?;
         validate::check_intervals(&request.success)?;
         validate::check_intervals(&request.failure)?;
-        self.limits.check_size(&request)?;
+        // etcd serves a txn that writes nothing without Raft, so the limit
+        // on Raft entries does not apply to it.
+        if !Store::is_read_only(&request) {
+            self.limits.check_size(&request)?;
+        }
         let mut response = self.node.txn(request).await?;
         self.header.fill(&mut response.header);
         Ok(Response::new(response))
