@@ -872,6 +872,38 @@ async fn txn_size_limit_applies_to_writing_txns_only() {
     }
 }
 
+/// Puts whose encoded size is a few bytes either side of
+/// `--max-request-bytes`: etcd measures the Raft entry it would propose (the
+/// request wrapped with a header), so both must refuse from the same size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_size_limit_matches_etcd_at_the_boundary() {
+    use prost::Message;
+    let (etcd, ballast) = tokio::join!(Etcd::start(), Ballast::start());
+    let (mut etcd, mut ballast) = (Side::of(&etcd).await, Side::of(&ballast).await);
+    let mut refused_from = None;
+    for under in (0..48).rev() {
+        let put = |len| PutRequest {
+            key: Bytes::from_static(b"k"),
+            value: vec![b's'; len].into(),
+            ..Default::default()
+        };
+        // The value length that makes the encoded put `under` bytes short
+        // of the limit.
+        let overhead = put(MAX_REQUEST_BYTES).encoded_len() - MAX_REQUEST_BYTES;
+        let op = Op::Put(put(MAX_REQUEST_BYTES - overhead - under));
+        let (e, b) = tokio::join!(
+            execute("etcd", &mut etcd, &op),
+            execute("ballast", &mut ballast, &op)
+        );
+        assert_eq!(e, b, "a put {under} bytes under the limit");
+        if refused_from.is_none() && matches!(e, Outcome::Error { .. }) {
+            refused_from = Some(under);
+        }
+    }
+    println!("etcd refuses puts from {refused_from:?} bytes under the limit");
+    assert!(refused_from.is_some(), "no put near the limit was refused");
+}
+
 /// The same operations through a follower of a three-member cluster: the
 /// follower forwards writes and linearizable reads to the leader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
