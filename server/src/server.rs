@@ -22,10 +22,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         std::time::Duration::from_millis(config.election_timeout),
     );
     let min_lease_ttl = lease::min_ttl(config.heartbeat_interval, config.election_timeout);
-    let limits = Limits {
-        max_txn_ops: config.max_txn_ops as usize,
-        max_request_bytes: config.max_request_bytes as usize,
-    };
+    let limits = Limits::new(
+        config.max_txn_ops as usize,
+        config.max_request_bytes as usize,
+        node.member_id(),
+    );
     let watch_hub = WatchHub::new(
         node.store(),
         WatchConfig {

@@ -873,35 +873,64 @@ async fn txn_size_limit_applies_to_writing_txns_only() {
 }
 
 /// Puts whose encoded size is a few bytes either side of
-/// `--max-request-bytes`: etcd measures the Raft entry it would propose (the
-/// request wrapped with a header), so both must refuse from the same size.
+/// `--max-request-bytes`. etcd measures the Raft entry it would propose: the
+/// request as one field of an `InternalRaftRequest` after a header holding
+/// a request id, whose varint length comes from the member id's low 16 bits
+/// (`idutil.Generator`: those bits above 48 bits of clock and counter). The
+/// two servers have different member ids, so each must refuse from the size
+/// its own id gives: 4 header bytes plus the id's varint, then the field's
+/// tag and length.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_size_limit_matches_etcd_at_the_boundary() {
+async fn request_size_limit_is_etcds_to_the_byte() {
+    use ballast_proto::etcdserverpb::StatusRequest;
     use prost::Message;
-    let (etcd, ballast) = tokio::join!(Etcd::start(), Ballast::start());
-    let (mut etcd, mut ballast) = (Side::of(&etcd).await, Side::of(&ballast).await);
-    let mut refused_from = None;
-    for under in (0..48).rev() {
+
+    async fn first_refused(server: &common::ServerProcess) -> (usize, usize) {
+        let member_id = server
+            .maintenance_client()
+            .await
+            .status(StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner()
+            .header
+            .expect("header")
+            .member_id;
+        let request_id = ((member_id & 0xffff) << 48) | (1 << 47);
+        let header = 4 + prost::encoding::encoded_len_varint(request_id);
+        let mut side = Side::of(server).await;
         let put = |len| PutRequest {
             key: Bytes::from_static(b"k"),
             value: vec![b's'; len].into(),
             ..Default::default()
         };
-        // The value length that makes the encoded put `under` bytes short
-        // of the limit.
         let overhead = put(MAX_REQUEST_BYTES).encoded_len() - MAX_REQUEST_BYTES;
-        let op = Op::Put(put(MAX_REQUEST_BYTES - overhead - under));
-        let (e, b) = tokio::join!(
-            execute("etcd", &mut etcd, &op),
-            execute("ballast", &mut ballast, &op)
-        );
-        assert_eq!(e, b, "a put {under} bytes under the limit");
-        if refused_from.is_none() && matches!(e, Outcome::Error { .. }) {
-            refused_from = Some(under);
+        for under in (0..40).rev() {
+            let request = put(MAX_REQUEST_BYTES - overhead - under);
+            let field = 1 + prost::length_delimiter_len(request.encoded_len());
+            let expected_refused = header + field > under;
+            match execute("server", &mut side, &Op::Put(request)).await {
+                Outcome::Error { message, .. } => {
+                    assert_eq!(message, "etcdserver: request is too large");
+                    assert!(expected_refused, "refused {under} bytes under the limit");
+                    return (under, header + field);
+                }
+                _ => assert!(
+                    !expected_refused,
+                    "took a put {under} bytes under the limit"
+                ),
+            }
         }
+        panic!("no put near the limit was refused");
     }
-    println!("etcd refuses puts from {refused_from:?} bytes under the limit");
-    assert!(refused_from.is_some(), "no put near the limit was refused");
+
+    let (etcd, ballast) = tokio::join!(Etcd::start(), Ballast::start());
+    let (etcd_at, etcd_entry_overhead) = first_refused(&etcd).await;
+    let (ballast_at, ballast_entry_overhead) = first_refused(&ballast).await;
+    println!(
+        "etcd refuses from {etcd_at} bytes under the limit (entry overhead {etcd_entry_overhead}), \
+         Ballast from {ballast_at} (overhead {ballast_entry_overhead})"
+    );
 }
 
 /// The same operations through a follower of a three-member cluster: the

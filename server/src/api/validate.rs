@@ -18,12 +18,33 @@ use crate::errors::EtcdError;
 pub struct Limits {
     pub max_txn_ops: usize,
     pub max_request_bytes: usize,
+    /// What etcd adds to a request to make its Raft entry (see [`Limits::new`]).
+    raft_header_bytes: usize,
 }
 
 impl Limits {
+    /// etcd measures the Raft entry it would propose: the request as one
+    /// length-delimited field of an `InternalRaftRequest`, after a header
+    /// field holding the request id. That id is the member id's low 16 bits
+    /// above 48 bits of clock and counter (`idutil.Generator`), so its
+    /// varint length, and etcd's limit to the byte, depends on the member.
+    pub fn new(max_txn_ops: usize, max_request_bytes: usize, member_id: u64) -> Self {
+        // The clock part has bit 47 set until 2039.
+        let request_id = ((member_id & 0xffff) << 48) | (1 << 47);
+        // Field 100's tag (2 bytes), the header's length (1), the id's tag (1).
+        let raft_header_bytes = 4 + prost::encoding::encoded_len_varint(request_id);
+        Self {
+            max_txn_ops,
+            max_request_bytes,
+            raft_header_bytes,
+        }
+    }
+
     /// A request that would make a Raft entry over `--max-request-bytes` is refused.
     pub fn check_size(&self, request: &impl Message) -> Result<(), EtcdError> {
-        if request.encoded_len() > self.max_request_bytes {
+        let len = request.encoded_len();
+        let entry = self.raft_header_bytes + 1 + prost::length_delimiter_len(len) + len;
+        if entry > self.max_request_bytes {
             return Err(EtcdError::RequestTooLarge);
         }
         Ok(())
