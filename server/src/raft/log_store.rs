@@ -339,3 +339,47 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         .map_err(|e| *e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// While the log is busy (here: its lock held by another thread, as
+    /// during a long sync or read), a log store call must wait off the
+    /// runtime's thread: on a single-threaded runtime another task still
+    /// runs. Before, the call took the lock on the runtime thread and
+    /// stalled everything until the log was free.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_busy_log_does_not_block_the_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path()).unwrap();
+        let (held_tx, held) = mpsc::channel();
+        let (other_ran_tx, other_ran) = mpsc::channel::<()>();
+        let busy = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let _inner = store.lock();
+                held_tx.send(()).unwrap();
+                // A hang guard: with the lock taken on the runtime thread,
+                // nothing else runs until it is released.
+                other_ran.recv_timeout(Duration::from_secs(10)).is_ok()
+            })
+        };
+        held.recv().unwrap();
+        let mut voter = store.clone();
+        let vote = tokio::spawn(async move { voter.save_vote(&Vote::new(1, 1)).await });
+        let other = tokio::spawn(async { "ran" });
+        assert_eq!(other.await.unwrap(), "ran");
+        let _ = other_ran_tx.send(());
+        vote.await.unwrap().unwrap();
+        assert!(
+            busy.join().unwrap(),
+            "another task ran only after the log was free"
+        );
+        let mut reopened = LogStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.read_vote().await.unwrap(), Some(Vote::new(1, 1)));
+    }
+}
