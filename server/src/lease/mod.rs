@@ -162,6 +162,7 @@ impl Lessor {
         tokio::time::timeout(self.revoke_retry, self.node.confirm_leadership())
             .await
             .map_err(|_| EtcdError::Timeout)??;
+        let leases = self.read_store(Store::leases).await;
         let now = Instant::now();
         let mut clock = self.clock();
         // Leadership may have moved on while confirming.
@@ -170,15 +171,18 @@ impl Lessor {
         }
         clock.primary_term = Some(term);
         clock.revoking.clear();
-        clock.deadlines = self
-            .store
-            .leases()
+        let mut deadlines: HashMap<i64, Instant> = leases
             .into_iter()
             .map(|(id, ttl, remaining)| {
                 let left = if remaining > 0 { remaining } else { ttl };
                 (id, now + self.extend + secs(left))
             })
             .collect();
+        // Granted after the read above.
+        for (id, deadline) in clock.deadlines.drain() {
+            deadlines.entry(id).or_insert(deadline);
+        }
+        clock.deadlines = deadlines;
         clock.next_checkpoint = Some(now + CHECKPOINT_INTERVAL);
         tracing::info!(
             leases = clock.deadlines.len(),
@@ -194,10 +198,11 @@ impl Lessor {
     fn changed(&self, change: LeaseChange) {
         let mut clock = self.clock();
         match change {
+            // Recorded before this member is primary too: a promotion reads
+            // the leases before it takes the clock, and keeps what arrived
+            // meanwhile. Nothing expires until it is primary.
             LeaseChange::Granted { id, ttl } => {
-                if clock.primary_term.is_some() {
-                    clock.deadlines.insert(id, Instant::now() + secs(ttl));
-                }
+                clock.deadlines.insert(id, Instant::now() + secs(ttl));
             }
             LeaseChange::Revoked { id } => {
                 clock.deadlines.remove(&id);
