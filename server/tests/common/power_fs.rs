@@ -189,6 +189,25 @@ impl PowerFs {
         })
     }
 
+    /// Creates `name` in `parent` in the backing directory with `create`
+    /// (a namespace change, durable at once), empty, with `mode`.
+    fn make(
+        &self,
+        state: &mut State,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        create: impl FnOnce(&Path) -> std::io::Result<()>,
+    ) -> Result<FileAttr, Errno> {
+        let path = Self::child(state, parent, name)?;
+        let full = self.backing.join(&path);
+        create(&full).map_err(errno)?;
+        fs::set_permissions(&full, fs::Permissions::from_mode(mode)).map_err(errno)?;
+        // Whatever an earlier file of that name held in memory is gone.
+        state.files.remove(&path);
+        self.attr(state, &path)
+    }
+
     /// Writes the file's unsynced ranges and length to the backing file.
     fn sync(&self, state: &mut State, path: &Path) -> Result<(), Errno> {
         let Some(contents) = state.files.get_mut(path) else {
@@ -284,13 +303,7 @@ impl Filesystem for PowerFs {
         reply: ReplyEntry,
     ) {
         let mut state = self.state();
-        let result = (|| {
-            let path = Self::child(&state, parent, name)?;
-            let full = self.backing.join(&path);
-            fs::create_dir(&full).map_err(errno)?;
-            fs::set_permissions(&full, fs::Permissions::from_mode(mode)).map_err(errno)?;
-            self.attr(&mut state, &path)
-        })();
+        let result = self.make(&mut state, parent, name, mode, |full| fs::create_dir(full));
         match result {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
@@ -517,14 +530,9 @@ impl Filesystem for PowerFs {
         reply: ReplyCreate,
     ) {
         let mut state = self.state();
-        let result = (|| {
-            let path = Self::child(&state, parent, name)?;
-            let full = self.backing.join(&path);
-            File::create(&full).map_err(errno)?;
-            fs::set_permissions(&full, fs::Permissions::from_mode(mode)).map_err(errno)?;
-            state.files.insert(path.clone(), Contents::default());
-            self.attr(&mut state, &path)
-        })();
+        let result = self.make(&mut state, parent, name, mode, |full| {
+            File::create(full).map(drop)
+        });
         match result {
             Ok(attr) => reply.created(
                 &TTL,
