@@ -89,6 +89,15 @@ impl Lessor {
         self.clock.lock().expect("lease clock lock poisoned")
     }
 
+    /// A lease's TTLs: read at once when the store is free (every
+    /// keep-alive passes here), else on a blocking thread.
+    async fn lease_ttls(&self, id: i64) -> Option<(i64, i64)> {
+        match self.store.try_lease_ttls(id) {
+            Some(ttls) => ttls,
+            None => self.read_store(move |store| store.lease_ttls(id)).await,
+        }
+    }
+
     /// Reads the store on a blocking thread: its lock can be held for
     /// minutes (a snapshot install), which must not stall a runtime worker.
     async fn read_store<T: Send + 'static>(
@@ -342,8 +351,7 @@ impl Lessor {
     async fn renew(&self, id: i64) -> Result<LeaseAnswer, EtcdError> {
         self.ready_to_answer().await?;
         // Every keep-alive passes here: the TTLs only, not the lease's keys.
-        let Some((ttl, remaining_ttl)) = self.read_store(move |store| store.lease_ttls(id)).await
-        else {
+        let Some((ttl, remaining_ttl)) = self.lease_ttls(id).await else {
             return Ok(LeaseAnswer::Renewed { ttl: 0 });
         };
         {
@@ -370,9 +378,7 @@ impl Lessor {
             });
             self.node.write_as_leader(clear).await?;
         }
-        let exists = self
-            .read_store(move |store| store.lease_ttls(id).is_some())
-            .await;
+        let exists = self.lease_ttls(id).await.is_some();
         let mut clock = self.clock();
         if !self.is_primary(&clock) {
             return Err(EtcdError::NotLeader);

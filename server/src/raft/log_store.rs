@@ -103,9 +103,25 @@ impl LogStore {
         self.inner.lock().expect("log store lock poisoned")
     }
 
-    /// Runs `work` on the log under its lock, on a blocking thread: file
-    /// writes, syncs and reads stay off the runtime's workers (openraft
-    /// calls the log store from its core task).
+    /// Runs `work` on the log under its lock right here when the lock is
+    /// free, for work that only reads or writes the page cache (no sync);
+    /// otherwise on a blocking thread, so the runtime never waits for a
+    /// sync or a rename running elsewhere. A thread hop on every append
+    /// and read cost a quarter of single-client put throughput.
+    async fn unsynced<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Inner) -> T + Send + 'static,
+    ) -> T {
+        let work = match self.inner.try_lock() {
+            Ok(mut inner) => return work(&mut inner),
+            Err(_) => work,
+        };
+        self.blocking(work).await
+    }
+
+    /// Runs `work` on the log under its lock, on a blocking thread: syncs,
+    /// renames and whatever waits for them stay off the runtime's workers
+    /// (openraft calls the log store from its core task).
     async fn blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut Inner) -> T + Send + 'static,
@@ -139,7 +155,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let range = (range.start_bound().cloned(), range.end_bound().cloned());
-        self.blocking(move |inner| inner.read_entries(range, usize::MAX))
+        self.unsynced(move |inner| inner.read_entries(range, usize::MAX))
             .await
             .map_err(log_read_error)
     }
@@ -150,13 +166,35 @@ impl RaftLogReader<TypeConfig> for LogStore {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, StorageError> {
-        self.blocking(move |inner| inner.read_entries(start..end, REPLICATION_BATCH_BYTES))
+        self.unsynced(move |inner| inner.read_entries(start..end, REPLICATION_BATCH_BYTES))
             .await
             .map_err(log_read_error)
     }
 }
 
 impl Inner {
+    /// Writes `entries` at the end of the log; returns the file to sync.
+    fn append_entries(
+        &mut self,
+        entries: &[Entry],
+    ) -> Result<Option<Arc<std::fs::File>>, Box<StorageError>> {
+        let mut file = None;
+        for entry in entries {
+            let bytes = postcard::to_stdvec(entry)
+                .map_err(|e| Box::new(io_error(ErrorSubject::Logs, ErrorVerb::Write, e)))?;
+            let written = self.wal.append(entry.log_id.index, &bytes).map_err(|e| {
+                Box::new(io_error(
+                    ErrorSubject::Log(entry.log_id),
+                    ErrorVerb::Write,
+                    e,
+                ))
+            })?;
+            self.last_log_id = Some(entry.log_id);
+            file = Some(written);
+        }
+        Ok(file)
+    }
+
     /// The stored entries in `range`, stopping before the one that would
     /// take their encoded size past `max_bytes` (the first is always read).
     fn read_entries(
@@ -230,7 +268,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         let bytes = postcard::to_stdvec(&committed)
             .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
-        self.blocking(move |inner| inner.committed_file.store(&bytes))
+        self.unsynced(move |inner| inner.committed_file.store(&bytes))
             .await
             .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))
     }
@@ -259,26 +297,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let file = self
-            .blocking(move |inner| {
-                let mut file = None;
-                for entry in entries {
-                    let bytes = postcard::to_stdvec(&entry)
-                        .map_err(|e| Box::new(io_error(ErrorSubject::Logs, ErrorVerb::Write, e)))?;
-                    let written = inner.wal.append(entry.log_id.index, &bytes).map_err(|e| {
-                        Box::new(io_error(
-                            ErrorSubject::Log(entry.log_id),
-                            ErrorVerb::Write,
-                            e,
-                        ))
-                    })?;
-                    inner.last_log_id = Some(entry.log_id);
-                    file = Some(written);
-                }
-                Ok::<_, Box<StorageError>>(file)
-            })
-            .await
-            .map_err(|e| *e)?;
+        // A new segment syncs the previous one and the directory: that
+        // append goes to a blocking thread, the others are page-cache writes.
+        let inline = match self.inner.try_lock() {
+            Ok(mut inner) if !inner.wal.starts_segment() => Some(inner.append_entries(&entries)),
+            _ => None,
+        };
+        let file = match inline {
+            Some(appended) => appended,
+            None => {
+                self.blocking(move |inner| inner.append_entries(&entries))
+                    .await
+            }
+        }
+        .map_err(|e| *e)?;
         match file {
             Some(file) => self.syncer.sync(
                 file,

@@ -208,6 +208,16 @@ impl Wal {
         self.locations.is_empty()
     }
 
+    /// Whether the next append starts a segment, which syncs the previous
+    /// one and the directory.
+    pub fn starts_segment(&self) -> bool {
+        self.locations.is_empty()
+            || self
+                .segments
+                .last_key_value()
+                .is_some_and(|(_, tail)| tail.len >= SEGMENT_BYTES)
+    }
+
     /// Writes a record at `index`, which must be `next_index()` unless the log
     /// is empty (then it starts there). Returns the file to sync for durability.
     pub fn append(&mut self, index: u64, payload: &[u8]) -> io::Result<Arc<File>> {

@@ -247,6 +247,18 @@ impl Store {
             .map(|lease| (lease.ttl, lease.remaining_ttl))
     }
 
+    /// [`Store::lease_ttls`] if the store can be read without waiting; `None`
+    /// while it is busy (an apply, or a snapshot install for minutes).
+    pub fn try_lease_ttls(&self, id: i64) -> Option<Option<(i64, i64)>> {
+        let state = self.state.try_read().ok()?;
+        Some(
+            state
+                .leases
+                .get(id)
+                .map(|lease| (lease.ttl, lease.remaining_ttl)),
+        )
+    }
+
     /// Every lease: id, granted TTL and checkpointed remaining TTL.
     pub fn leases(&self) -> Vec<(i64, i64, i64)> {
         self.read()
