@@ -858,9 +858,20 @@ async fn txn_size_limit_applies_to_writing_txns_only() {
             ..Default::default()
         })),
     };
-    for (what, failure) in [("read-only", read), ("writing", write)] {
+    // Past gRPC's own limit (--max-request-bytes + 512 KiB), grpc-go refuses
+    // the message before etcd sees it.
+    let mut beyond_grpc = compare.clone();
+    beyond_grpc.target_union = Some(TargetUnion::Value(Bytes::from(vec![
+        b'q';
+        MAX_REQUEST_BYTES * 2
+    ])));
+    for (what, compare, failure) in [
+        ("read-only", compare.clone(), read.clone()),
+        ("writing", compare, write),
+        ("past gRPC's limit", beyond_grpc, read),
+    ] {
         let op = Op::Txn(TxnRequest {
-            compare: vec![compare.clone()],
+            compare: vec![compare],
             success: vec![],
             failure: vec![failure],
         });
