@@ -43,6 +43,9 @@ pub enum EtcdError {
     Timeout,
     #[error("etcdserver: too many requests")]
     TooManyRequests,
+    /// grpc-go's own refusal, which etcd's clients see before etcd does.
+    #[error("grpc: received message larger than max ({len} vs. {max})")]
+    MessageTooLarge { len: usize, max: usize },
     #[error("etcdserver: server stopped")]
     Stopped,
     #[error("etcdserver: member not found")]
@@ -84,7 +87,7 @@ impl EtcdError {
             NoLeader | LeaderChanged | Timeout | Stopped | NotSupportedForLearner => {
                 Code::Unavailable
             }
-            TooManyRequests => Code::ResourceExhausted,
+            TooManyRequests | MessageTooLarge { .. } => Code::ResourceExhausted,
             // etcd has no gRPC mapping for it, so clients see its raw text as Unknown.
             LeaderTransferTimeout => Code::Unknown,
             InvalidPeerUrls => Code::InvalidArgument,

@@ -37,6 +37,7 @@ impl Kv for KvService {
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
         let request = request.into_inner();
+        self.limits.check_message(&request)?;
         if !request.serializable {
             self.node.refuse_if_learner()?;
         }
@@ -49,6 +50,7 @@ impl Kv for KvService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         self.node.refuse_if_learner()?;
         let request = request.into_inner();
+        self.limits.check_message(&request)?;
         validate::check_put(&request)?;
         self.limits.check_size(&request)?;
         let mut response = self.node.put(request).await?;
@@ -62,6 +64,7 @@ impl Kv for KvService {
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         self.node.refuse_if_learner()?;
         let request = request.into_inner();
+        self.limits.check_message(&request)?;
         validate::check_delete(&request)?;
         self.limits.check_size(&request)?;
         let mut response = self.node.delete_range(request).await?;
@@ -72,6 +75,7 @@ impl Kv for KvService {
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         self.node.refuse_if_learner()?;
         let request = request.into_inner();
+        self.limits.check_message(&request)?;
         validate::check_txn(&request, self.limits.max_txn_ops)?;
         validate::check_intervals(&request.success)?;
         validate::check_intervals(&request.failure)?;

@@ -32,6 +32,8 @@ use crate::watch::WatchHub;
 
 /// gRPC itself refuses messages this much over `--max-request-bytes`, as etcd does.
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+/// How many times gRPC's limit tonic decodes for the KV handlers to refuse.
+const KV_DECODE_HEADROOM: usize = 8;
 
 /// Fills response headers the way etcd's `header.fill` does.
 #[derive(Clone)]
@@ -71,8 +73,11 @@ pub fn routes(
     let header = Header { node: node.clone() };
     let max_message = limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
     Routes::new(
+        // The KV handlers refuse messages over `max_message` themselves, with
+        // grpc-go's status (tonic's own differs in code and text); tonic
+        // stops only what is far larger.
         KvServer::new(kv::KvService::new(node.clone(), header.clone(), limits))
-            .max_decoding_message_size(max_message),
+            .max_decoding_message_size(max_message.saturating_mul(KV_DECODE_HEADROOM)),
     )
     .add_service(MaintenanceServer::new(
         maintenance::MaintenanceService::new(node.clone(), header.clone()),

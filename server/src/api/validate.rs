@@ -40,6 +40,19 @@ impl Limits {
         }
     }
 
+    /// A message over gRPC's limit (`--max-request-bytes` plus 512 KiB) is
+    /// refused with grpc-go's status, as etcd's gRPC server refuses it.
+    pub fn check_message(&self, request: &impl Message) -> Result<(), EtcdError> {
+        let (len, max) = (
+            request.encoded_len(),
+            self.max_request_bytes + super::GRPC_OVERHEAD_BYTES,
+        );
+        if len > max {
+            return Err(EtcdError::MessageTooLarge { len, max });
+        }
+        Ok(())
+    }
+
     /// A request that would make a Raft entry over `--max-request-bytes` is refused.
     pub fn check_size(&self, request: &impl Message) -> Result<(), EtcdError> {
         let len = request.encoded_len();
