@@ -202,23 +202,22 @@ impl Inner {
         range: impl RangeBounds<u64>,
         max_bytes: usize,
     ) -> std::io::Result<Vec<Entry>> {
-        let inner = self;
         let start = match range.start_bound() {
             Bound::Included(i) => *i,
             Bound::Excluded(i) => i + 1,
             Bound::Unbounded => 0,
         }
-        .max(inner.wal.first_index());
+        .max(self.wal.first_index());
         let end = match range.end_bound() {
             Bound::Included(i) => i + 1,
             Bound::Excluded(i) => *i,
             Bound::Unbounded => u64::MAX,
         }
-        .min(inner.wal.next_index());
+        .min(self.wal.next_index());
         let mut entries = Vec::new();
         let mut total = 0usize;
         for index in start..end {
-            let Some(bytes) = inner.wal.read(index)? else {
+            let Some(bytes) = self.wal.read(index)? else {
                 break;
             };
             total = total.saturating_add(bytes.len());

@@ -430,8 +430,7 @@ impl RaftNode {
         self.reads.wait().await
     }
 
-    /// Proposes any write request and waits for its result.
-    /// Proposes `request`, unless this member's apply is too far behind its
+    /// Proposes `request` and waits for its result, unless this member's apply is too far behind its
     /// commit (etcd's `too many requests`, refused before anything is proposed).
     pub async fn write(&self, request: WriteRequest) -> Result<WriteResponse, EtcdError> {
         let status = self.status();

@@ -208,6 +208,27 @@ impl PowerFs {
         self.attr(state, &path)
     }
 
+    /// Removes `name` from `parent` in the backing directory with `remove`
+    /// (a namespace change, durable at once) and forgets it.
+    fn remove(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        remove: impl FnOnce(&Path) -> std::io::Result<()>,
+        reply: ReplyEmpty,
+    ) {
+        let mut state = self.state();
+        let result = Self::child(&state, parent, name).and_then(|path| {
+            remove(&self.backing.join(&path)).map_err(errno)?;
+            Self::forget_path(&mut state, &path);
+            Ok(())
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
     /// Writes the file's unsynced ranges and length to the backing file.
     fn sync(&self, state: &mut State, path: &Path) -> Result<(), Errno> {
         let Some(contents) = state.files.get_mut(path) else {
@@ -311,29 +332,11 @@ impl Filesystem for PowerFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let mut state = self.state();
-        let result = Self::child(&state, parent, name).and_then(|path| {
-            fs::remove_file(self.backing.join(&path)).map_err(errno)?;
-            Self::forget_path(&mut state, &path);
-            Ok(())
-        });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove(parent, name, |full| fs::remove_file(full), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let mut state = self.state();
-        let result = Self::child(&state, parent, name).and_then(|path| {
-            fs::remove_dir(self.backing.join(&path)).map_err(errno)?;
-            Self::forget_path(&mut state, &path);
-            Ok(())
-        });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove(parent, name, |full| fs::remove_dir(full), reply);
     }
 
     fn rename(
