@@ -1,0 +1,7 @@
+//! Ballast's Jepsen-style harness: runs real clusters of Ballast or etcd in
+//! network namespaces, injects faults, records histories and checks them.
+//! The checkers need no privileges and are tested anywhere; the runner needs
+//! root and network namespaces.
+
+pub mod checker;
+pub mod history;
