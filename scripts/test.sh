@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-./scripts/install-packages.sh etcd=etcd-server etcdctl=etcd-client protoc=protobuf-compiler
+./scripts/install-packages.sh etcd=etcd-server etcdctl=etcd-client protoc=protobuf-compiler nft=nftables
 
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"

@@ -3,6 +3,13 @@
 //! The checkers need no privileges and are tested anywhere; the runner needs
 //! root and network namespaces.
 
+pub mod check;
 pub mod checker;
 pub mod history;
 pub mod results;
+pub mod client;
+pub mod db;
+pub mod nemesis;
+pub mod runner;
+pub mod sandbox;
+pub mod workload;

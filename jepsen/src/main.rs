@@ -1,4 +1,172 @@
-fn main() {
-    eprintln!("ballast-jepsen: not yet wired");
-    std::process::exit(2);
+//! `ballast-jepsen`: runs Jepsen-style tests against Ballast or etcd on one
+//! Linux machine, checks histories, and writes reports.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use ballast_jepsen::checker::Verdict;
+use ballast_jepsen::db::Target;
+use ballast_jepsen::nemesis::NemesisName;
+use ballast_jepsen::runner::{self, TestOptions};
+use ballast_jepsen::workload::WorkloadName;
+use ballast_jepsen::{check, sandbox};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ballast-jepsen", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs one test per workload and checks it. Exit code: 0 valid,
+    /// 1 invalid, 2 unknown.
+    Test(TestArgs),
+    /// Removes the namespaces and processes a crashed run left.
+    Clean,
+}
+
+#[derive(Args, Clone)]
+struct TestArgs {
+    #[arg(long, value_enum, default_value = "ballast")]
+    target: Target,
+    /// The server binary; by default `ballast` next to this program, or
+    /// `etcd` on the PATH.
+    #[arg(long)]
+    binary: Option<PathBuf>,
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "register")]
+    workload: Vec<WorkloadName>,
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "partition,kill")]
+    nemesis: Vec<NemesisName>,
+    /// Seconds of load with faults.
+    #[arg(long, default_value_t = 60)]
+    time: u64,
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Operations per second over all workers.
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// Workers; default twice the nodes.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Seconds between nemesis actions.
+    #[arg(long, default_value_t = 5.0)]
+    nemesis_interval: f64,
+    /// Seconds between healing and the final reads.
+    #[arg(long, default_value_t = 10)]
+    recovery: u64,
+    #[arg(long, default_value_t = 100)]
+    snapshot_count: u64,
+    /// The schedule's seed; random when not given (and printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The run directory (one workload), or the parent of one directory
+    /// per workload; default runs/<time>-<target>-<workload>-<nemeses>.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Test(args) => test(&args),
+        Command::Clean => clean(),
+    };
+    match result {
+        Ok(verdict) => ExitCode::from(verdict.exit_code() as u8),
+        Err(e) => {
+            eprintln!("ballast-jepsen: {e:#}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+fn default_binary(target: Target) -> anyhow::Result<PathBuf> {
+    match target {
+        Target::Etcd => Ok(PathBuf::from("etcd")),
+        Target::Ballast => {
+            let me = std::env::current_exe()?;
+            let sibling = me.with_file_name("ballast");
+            anyhow::ensure!(
+                sibling.exists(),
+                "no ballast binary next to {}; build it or pass --binary",
+                me.display()
+            );
+            Ok(sibling)
+        }
+    }
+}
+
+fn test(args: &TestArgs) -> anyhow::Result<Verdict> {
+    let binary = match &args.binary {
+        Some(binary) => binary.clone(),
+        None => default_binary(args.target)?,
+    };
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let nemeses: Vec<&str> = args.nemesis.iter().map(|n| n.name()).collect();
+    let mut verdict = Verdict::Valid;
+    for &workload in &args.workload {
+        let name = format!("{}-{}-{}", args.target.name(), workload.name(), nemeses.join("+"));
+        let out = match (&args.out, args.workload.len()) {
+            (Some(out), 1) => out.clone(),
+            (Some(out), _) => out.join(&name),
+            (None, _) => Path::new("runs").join(format!("{}-{name}", timestamp())),
+        };
+        let options = TestOptions {
+            target: args.target,
+            binary: binary.clone(),
+            workload,
+            nemeses: args.nemesis.clone(),
+            time_limit: Duration::from_secs(args.time),
+            nodes: args.nodes,
+            rate: args.rate,
+            concurrency: args.concurrency.unwrap_or(2 * args.nodes),
+            seed,
+            out: out.clone(),
+            nemesis_interval: Duration::from_secs_f64(args.nemesis_interval),
+            recovery: Duration::from_secs(args.recovery),
+            snapshot_count: args.snapshot_count,
+            command: rerun_command(args, workload, seed),
+        };
+        eprintln!("ballast-jepsen: {name}, seed {seed}, into {}", out.display());
+        runner::run(&options).with_context(|| format!("running {name}"))?;
+        let results = check::check_dir(&out)?;
+        eprintln!("ballast-jepsen: {name}: {:?}", results.verdict);
+        verdict = verdict.and(results.verdict);
+    }
+    Ok(verdict)
+}
+
+fn rerun_command(args: &TestArgs, workload: WorkloadName, seed: u64) -> String {
+    let nemeses: Vec<&str> = args.nemesis.iter().map(|n| n.name()).collect();
+    format!(
+        "ballast-jepsen test --target {} --workload {} --nemesis {} --time {} --nodes {} --rate {} --seed {seed}",
+        args.target.name(),
+        workload.name(),
+        nemeses.join(","),
+        args.time,
+        args.nodes,
+        args.rate
+    )
+}
+
+fn timestamp() -> String {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    seconds.to_string()
+}
+
+fn clean() -> anyhow::Result<Verdict> {
+    let removed = sandbox::clean_all()?;
+    if removed.is_empty() {
+        eprintln!("ballast-jepsen: nothing to clean");
+    } else {
+        eprintln!("ballast-jepsen: removed {}", removed.join(", "));
+    }
+    Ok(Verdict::Valid)
 }

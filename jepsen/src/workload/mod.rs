@@ -1,0 +1,147 @@
+//! Workloads: what each worker asks of the cluster, how each request is
+//! executed against one member, and what the final reads are.
+//!
+//! Value shapes in the history, per workload:
+//! - register (`read`, `write`, `cas`): `{"key","value","version"}`,
+//!   `{"key","value"}`, `{"key","from","to"}`; completions add what was
+//!   observed.
+//! - append and wr (`txn`): Elle's micro-operations,
+//!   `[["append", k, v], ["r", k, [..]]]` and `[["w", k, v], ["r", k, v]]`.
+//! - set (`add`, `read`): the element; the elements read.
+//! - watch (`put`): `{"key","value"}`, completed with the revision.
+
+pub mod append;
+pub mod register;
+pub mod set;
+pub mod watch;
+
+use etcd_client::Client;
+use rand_chacha::ChaCha8Rng;
+use serde_json::Value;
+
+use crate::history::OpType;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkloadName {
+    Register,
+    Append,
+    Wr,
+    Set,
+    Watch,
+}
+
+impl WorkloadName {
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkloadName::Register => "register",
+            WorkloadName::Append => "append",
+            WorkloadName::Wr => "wr",
+            WorkloadName::Set => "set",
+            WorkloadName::Watch => "watch",
+        }
+    }
+}
+
+/// An operation a worker is about to send.
+#[derive(Clone, Debug)]
+pub struct Invocation {
+    pub f: &'static str,
+    pub value: Value,
+}
+
+/// What became of it.
+#[derive(Clone, Debug)]
+pub struct Completion {
+    pub kind: OpType,
+    pub value: Value,
+    pub error: Option<String>,
+}
+
+impl Completion {
+    pub fn ok(value: Value) -> Completion {
+        Completion {
+            kind: OpType::Ok,
+            value,
+            error: None,
+        }
+    }
+
+    /// A request that failed: definitely not applied when `writes` is
+    /// false (a read) or when the error table says so.
+    pub fn failed(value: Value, error: &etcd_client::Error, writes: bool) -> Completion {
+        let kind = if writes {
+            crate::client::classify_write_error(error)
+        } else {
+            OpType::Fail
+        };
+        Completion {
+            kind,
+            value,
+            error: Some(crate::client::describe(error)),
+        }
+    }
+
+    /// A compare that did not hold: the transaction did nothing.
+    pub fn refused(value: Value, why: &str) -> Completion {
+        Completion {
+            kind: OpType::Fail,
+            value,
+            error: Some(why.to_string()),
+        }
+    }
+}
+
+/// Generates the next invocation. Shared by all workers; each worker brings
+/// its own seeded random source.
+pub enum Generator {
+    Register(register::RegisterGenerator),
+    Append(append::AppendGenerator),
+    Set(set::SetGenerator),
+    Watch(watch::WatchGenerator),
+}
+
+impl Generator {
+    pub fn new(workload: WorkloadName) -> Generator {
+        match workload {
+            WorkloadName::Register => Generator::Register(register::RegisterGenerator::default()),
+            WorkloadName::Append => Generator::Append(append::AppendGenerator::new(false)),
+            WorkloadName::Wr => Generator::Append(append::AppendGenerator::new(true)),
+            WorkloadName::Set => Generator::Set(set::SetGenerator::default()),
+            WorkloadName::Watch => Generator::Watch(watch::WatchGenerator::default()),
+        }
+    }
+
+    /// Sends one invocation through `client`; never retries a write.
+    pub async fn execute(&self, client: &mut Client, invocation: &Invocation) -> Completion {
+        match self {
+            Generator::Register(_) => register::execute(client, invocation).await,
+            Generator::Append(_) => append::execute(client, invocation).await,
+            Generator::Set(_) => set::execute(client, invocation).await,
+            Generator::Watch(_) => watch::execute(client, invocation).await,
+        }
+    }
+
+    /// Reads to run on every member after healing: they tell the checker
+    /// what finally survived.
+    pub fn final_reads(&self) -> Vec<Invocation> {
+        match self {
+            Generator::Register(g) => g.final_reads(),
+            Generator::Set(_) => vec![Invocation {
+                f: "read",
+                value: Value::Null,
+            }],
+            Generator::Append(_) | Generator::Watch(_) => Vec::new(),
+        }
+    }
+
+    pub fn next(&self, rng: &mut ChaCha8Rng) -> Invocation {
+        match self {
+            Generator::Register(g) => g.next(rng),
+            Generator::Append(g) => g.next(rng),
+            Generator::Set(g) => g.next(rng),
+            Generator::Watch(g) => g.next(rng),
+        }
+    }
+}
+
