@@ -1,6 +1,8 @@
 //! Checkers: each reads a history (and, for watches, the recorded streams)
 //! and gives a verdict with every anomaly explained.
 
+pub mod linear;
+
 use serde::{Deserialize, Serialize};
 
 /// A checker's answer. `Unknown` is never a pass: it means the checker ran
