@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 pub mod set_full;
+pub mod watch;
 
 /// A checker's answer. `Unknown` is never a pass: it means the checker ran
 /// out of time or lacked the information to decide.
