@@ -1,7 +1,12 @@
 //! Checkers: each reads a history (and, for watches, the recorded streams)
 //! and gives a verdict with every anomaly explained.
 
+pub mod linear;
+
 use serde::{Deserialize, Serialize};
+
+pub mod set_full;
+pub mod watch;
 
 /// A checker's answer. `Unknown` is never a pass: it means the checker ran
 /// out of time or lacked the information to decide.
