@@ -5,4 +5,5 @@
 
 pub mod checker;
 pub mod history;
+pub mod report;
 pub mod results;
