@@ -6,6 +6,7 @@
 pub mod check;
 pub mod checker;
 pub mod history;
+pub mod report;
 pub mod results;
 pub mod client;
 pub mod db;
