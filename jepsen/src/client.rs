@@ -28,6 +28,13 @@ pub async fn connect(url: &str) -> Result<Client, etcd_client::Error> {
 /// check that refused it, are definite; lost connections and timeouts are not.
 pub fn classify_write_error(error: &etcd_client::Error) -> OpType {
     match error {
+        // tonic reports a refused connection as Unavailable: the request
+        // was never sent.
+        etcd_client::Error::GRpcStatus(status)
+            if status.message().contains("tcp connect error") =>
+        {
+            OpType::Fail
+        }
         etcd_client::Error::GRpcStatus(status) => classify_status(status.code(), status.message()),
         etcd_client::Error::TransportError(e) => {
             if format!("{e:?}").contains("Connection refused") {
@@ -127,7 +134,10 @@ mod tests {
     #[test]
     fn refusals_are_definite_and_lost_answers_are_not() {
         assert_eq!(
-            classify_status(Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted"),
+            classify_status(
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted"
+            ),
             OpType::Fail
         );
         assert_eq!(
@@ -146,6 +156,9 @@ mod tests {
             classify_status(Code::DeadlineExceeded, "etcdserver: request timed out"),
             OpType::Info
         );
-        assert_eq!(classify_status(Code::Unknown, "raft: stopped"), OpType::Fail);
+        assert_eq!(
+            classify_status(Code::Unknown, "raft: stopped"),
+            OpType::Fail
+        );
     }
 }

@@ -5,12 +5,12 @@
 
 pub mod check;
 pub mod checker;
-pub mod history;
-pub mod report;
-pub mod results;
 pub mod client;
 pub mod db;
+pub mod history;
 pub mod nemesis;
+pub mod report;
+pub mod results;
 pub mod runner;
 pub mod sandbox;
 pub mod workload;

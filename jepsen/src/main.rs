@@ -11,7 +11,8 @@ use ballast_jepsen::db::Target;
 use ballast_jepsen::nemesis::NemesisName;
 use ballast_jepsen::runner::{self, TestOptions};
 use ballast_jepsen::workload::WorkloadName;
-use ballast_jepsen::{check, sandbox};
+use ballast_jepsen::checker::linear;
+use ballast_jepsen::{check, report, sandbox};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -26,8 +27,32 @@ enum Command {
     /// Runs one test per workload and checks it. Exit code: 0 valid,
     /// 1 invalid, 2 unknown.
     Test(TestArgs),
+    /// Checks a run directory again (or, with --format porcupine-etcd, one
+    /// of porcupine's Jepsen etcd logs) and rewrites its report.
+    Check {
+        path: PathBuf,
+        #[arg(long, value_enum, default_value = "run")]
+        format: CheckFormat,
+    },
+    /// Rewrites a run directory's index.html from its files.
+    Report { dir: PathBuf },
+    /// Writes compare.html: two runs side by side (Ballast and etcd).
+    Compare {
+        a: PathBuf,
+        b: PathBuf,
+        #[arg(long, default_value = "compare.html")]
+        out: PathBuf,
+    },
     /// Removes the namespaces and processes a crashed run left.
     Clean,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CheckFormat {
+    /// A ballast-jepsen run directory.
+    Run,
+    /// A Jepsen etcd register log as porcupine publishes them.
+    PorcupineEtcd,
 }
 
 #[derive(Args, Clone)]
@@ -40,7 +65,12 @@ struct TestArgs {
     binary: Option<PathBuf>,
     #[arg(long, value_enum, value_delimiter = ',', default_value = "register")]
     workload: Vec<WorkloadName>,
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "partition,kill")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "partition,kill"
+    )]
     nemesis: Vec<NemesisName>,
     /// Seconds of load with faults.
     #[arg(long, default_value_t = 60)]
@@ -74,6 +104,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Test(args) => test(&args),
+        Command::Check { path, format } => check_path(&path, format),
+        Command::Report { dir } => report::write_index(&dir).map(|path| {
+            eprintln!("ballast-jepsen: wrote {}", path.display());
+            Verdict::Valid
+        }),
+        Command::Compare { a, b, out } => report::write_compare(&a, &b, &out).map(|()| {
+            eprintln!("ballast-jepsen: wrote {}", out.display());
+            Verdict::Valid
+        }),
         Command::Clean => clean(),
     };
     match result {
@@ -110,7 +149,12 @@ fn test(args: &TestArgs) -> anyhow::Result<Verdict> {
     let nemeses: Vec<&str> = args.nemesis.iter().map(|n| n.name()).collect();
     let mut verdict = Verdict::Valid;
     for &workload in &args.workload {
-        let name = format!("{}-{}-{}", args.target.name(), workload.name(), nemeses.join("+"));
+        let name = format!(
+            "{}-{}-{}",
+            args.target.name(),
+            workload.name(),
+            nemeses.join("+")
+        );
         let out = match (&args.out, args.workload.len()) {
             (Some(out), 1) => out.clone(),
             (Some(out), _) => out.join(&name),
@@ -132,12 +176,45 @@ fn test(args: &TestArgs) -> anyhow::Result<Verdict> {
             snapshot_count: args.snapshot_count,
             command: rerun_command(args, workload, seed),
         };
-        eprintln!("ballast-jepsen: {name}, seed {seed}, into {}", out.display());
+        eprintln!(
+            "ballast-jepsen: {name}, seed {seed}, into {}",
+            out.display()
+        );
         runner::run(&options).with_context(|| format!("running {name}"))?;
         let results = check::check_dir(&out)?;
-        eprintln!("ballast-jepsen: {name}: {:?}", results.verdict);
+        let index = report::write_index(&out)?;
+        eprintln!(
+            "ballast-jepsen: {name}: {:?} ({})",
+            results.verdict,
+            index.display()
+        );
         verdict = verdict.and(results.verdict);
     }
+    Ok(verdict)
+}
+
+fn check_path(path: &Path, format: CheckFormat) -> anyhow::Result<Verdict> {
+    let verdict = match format {
+        CheckFormat::Run => {
+            let results = check::check_dir(path)?;
+            report::write_index(path)?;
+            for checker in &results.checkers {
+                eprintln!("{}: {:?}", checker.checker, checker.verdict);
+            }
+            results.verdict
+        }
+        CheckFormat::PorcupineEtcd => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let history = linear::parse_porcupine_etcd(&text)?;
+            let result = linear::check_register(&history, Duration::from_secs(300));
+            for anomaly in &result.anomalies {
+                eprintln!("{}", anomaly.explanation);
+            }
+            result.verdict
+        }
+    };
+    println!("{}", format!("{verdict:?}").to_lowercase());
     Ok(verdict)
 }
 

@@ -203,14 +203,21 @@ impl Nemesis {
         hears.sort();
         let mut parts = Vec::new();
         for (member, view) in &hears {
-            let blocked: Vec<usize> = nodes.iter().copied().filter(|m| !view.contains(m)).collect();
+            let blocked: Vec<usize> = nodes
+                .iter()
+                .copied()
+                .filter(|m| !view.contains(m))
+                .collect();
             if blocked.is_empty() {
                 continue;
             }
             self.drop_from(*member, &blocked, None);
             parts.push(format!("n{member} drops {}", names(&blocked)));
         }
-        (format!("partition {shape}: {}", parts.join("; ")), Some(Active::Network(NemesisName::Partition)))
+        (
+            format!("partition {shape}: {}", parts.join("; ")),
+            Some(Active::Network(NemesisName::Partition)),
+        )
     }
 
     fn loss(&mut self) -> (String, Option<Active>) {
@@ -271,7 +278,10 @@ impl Nemesis {
         for &n in &nodes {
             let _ = tokio::task::block_in_place(|| cluster.kill(n));
         }
-        (format!("kill {shape}: {}", names(&nodes)), Some(Active::Killed(nodes)))
+        (
+            format!("kill {shape}: {}", names(&nodes)),
+            Some(Active::Killed(nodes)),
+        )
     }
 
     fn restart(&self, nodes: &[usize]) -> String {
@@ -298,7 +308,10 @@ impl Nemesis {
         for &n in &nodes {
             let _ = cluster.pause(n);
         }
-        (format!("pause {shape}: {}", names(&nodes)), Some(Active::Paused(nodes)))
+        (
+            format!("pause {shape}: {}", names(&nodes)),
+            Some(Active::Paused(nodes)),
+        )
     }
 
     /// Removes a member through another one, stops it and wipes its data.
@@ -320,15 +333,23 @@ impl Nemesis {
             return (format!("n{victim} is not a member"), None);
         };
         if let Err(e) = client.member_remove(id).await {
-            return (format!("member remove n{victim} failed: {}", describe(&e)), None);
+            return (
+                format!("member remove n{victim} failed: {}", describe(&e)),
+                None,
+            );
         }
         let mut cluster = self.cluster.lock().expect("cluster");
         let _ = tokio::task::block_in_place(|| cluster.kill(victim));
         let wiped = tokio::task::block_in_place(|| cluster.wipe(victim));
         let remaining = members.into_iter().filter(|&m| m != victim).collect();
         cluster.set_membership(remaining);
-        let note = wiped.err().map_or(String::new(), |e| format!(" (wipe failed: {e})"));
-        (format!("removed n{victim} and wiped its data{note}"), Some(Active::Removed(victim)))
+        let note = wiped
+            .err()
+            .map_or(String::new(), |e| format!(" (wipe failed: {e})"));
+        (
+            format!("removed n{victim} and wiped its data{note}"),
+            Some(Active::Removed(victim)),
+        )
     }
 
     async fn add_member(&mut self, node: usize) -> String {
@@ -368,11 +389,7 @@ impl Nemesis {
     async fn compact_via(&self, via: usize) -> anyhow::Result<i64> {
         let url = self.cluster.lock().expect("cluster").client_url(via);
         let mut client = connect(&url).await?;
-        let revision = client
-            .status()
-            .await?
-            .header()
-            .map_or(0, |h| h.revision());
+        let revision = client.status().await?.header().map_or(0, |h| h.revision());
         let target = revision.min(self.compact_ceiling.load(Ordering::SeqCst));
         if target <= 1 {
             anyhow::bail!("nothing to compact (revision {target})");

@@ -110,7 +110,9 @@ async fn execute(sandbox: Arc<Sandbox>, options: &TestOptions) -> anyhow::Result
             url: urls[node - 1].clone(),
             generator: Arc::clone(&generator),
             recorder: recorder.clone(),
-            rng: ChaCha8Rng::seed_from_u64(options.seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9)),
+            rng: ChaCha8Rng::seed_from_u64(
+                options.seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9),
+            ),
             mean_pause: Duration::from_secs_f64(options.concurrency as f64 / options.rate),
         };
         workers.push(tokio::spawn(worker.run(deadline)));
@@ -141,7 +143,11 @@ async fn execute(sandbox: Arc<Sandbox>, options: &TestOptions) -> anyhow::Result
         target: options.target.name().into(),
         target_version: version,
         workload: options.workload.name().into(),
-        nemeses: options.nemeses.iter().map(|n| n.name().to_string()).collect(),
+        nemeses: options
+            .nemeses
+            .iter()
+            .map(|n| n.name().to_string())
+            .collect(),
         seed: options.seed,
         time_limit_s: options.time_limit.as_secs(),
         nodes: options.nodes,

@@ -45,7 +45,10 @@ impl Sandbox {
                 "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &namespace,
             ])?;
             sandbox.ip(&["link", "set", &veth, "master", "br0", "up"])?;
-            run("ip", &["-n", &namespace, "addr", "add", &address, "dev", "eth0"])?;
+            run(
+                "ip",
+                &["-n", &namespace, "addr", "add", &address, "dev", "eth0"],
+            )?;
             run("ip", &["-n", &namespace, "link", "set", "eth0", "up"])?;
             run("ip", &["-n", &namespace, "link", "set", "lo", "up"])?;
         }
@@ -86,7 +89,10 @@ impl Sandbox {
         let ours = std::fs::metadata("/proc/thread-self/ns/net")?;
         let sandbox = std::fs::metadata(self.namespace_path())?;
         if (ours.dev(), ours.ino()) != (sandbox.dev(), sandbox.ino()) {
-            bail!("refusing to run outside the sandbox namespace {}", self.name);
+            bail!(
+                "refusing to run outside the sandbox namespace {}",
+                self.name
+            );
         }
         let routes = output("ip", &["route", "show"])?;
         for route in routes.lines() {

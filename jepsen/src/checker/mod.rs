@@ -2,11 +2,10 @@
 //! and gives a verdict with every anomaly explained.
 
 pub mod linear;
-
-use serde::{Deserialize, Serialize};
-
 pub mod set_full;
 pub mod watch;
+
+use serde::{Deserialize, Serialize};
 
 /// A checker's answer. `Unknown` is never a pass: it means the checker ran
 /// out of time or lacked the information to decide.

@@ -82,7 +82,18 @@ impl Completion {
         }
     }
 
-    /// A compare that did not hold: the transaction did nothing.
+    /// A compare that did not hold: the transaction did nothing, and what
+    /// it compared was not as expected during its interval (no error, which
+    /// the linearizability checker reads as that observation).
+    pub fn compare_failed(value: Value) -> Completion {
+        Completion {
+            kind: OpType::Fail,
+            value,
+            error: None,
+        }
+    }
+
+    /// A request that was refused or never sent: it did nothing.
     pub fn refused(value: Value, why: &str) -> Completion {
         Completion {
             kind: OpType::Fail,
@@ -144,4 +155,3 @@ impl Generator {
         }
     }
 }
-

@@ -80,7 +80,10 @@ pub async fn execute(client: &mut Client, invocation: &Invocation) -> Completion
         "write" => {
             let new = field(value, "value");
             let options = PutOptions::new().with_prev_key();
-            match client.put(key.as_str(), new.to_string(), Some(options)).await {
+            match client
+                .put(key.as_str(), new.to_string(), Some(options))
+                .await
+            {
                 Ok(response) => {
                     let version = response.prev_key().map_or(0, |kv| kv.version()) + 1;
                     Completion::ok(json!({ "key": key, "value": new, "version": version }))
@@ -91,7 +94,11 @@ pub async fn execute(client: &mut Client, invocation: &Invocation) -> Completion
         _ => {
             let (from, to) = (field(value, "from"), field(value, "to"));
             let txn = Txn::new()
-                .when([Compare::value(key.as_str(), CompareOp::Equal, from.to_string())])
+                .when([Compare::value(
+                    key.as_str(),
+                    CompareOp::Equal,
+                    from.to_string(),
+                )])
                 .and_then([TxnOp::put(
                     key.as_str(),
                     to.to_string(),
@@ -109,7 +116,7 @@ pub async fn execute(client: &mut Client, invocation: &Invocation) -> Completion
                         json!({ "key": key, "from": from, "to": to, "version": version }),
                     )
                 }
-                Ok(_) => Completion::refused(value.clone(), "compare failed"),
+                Ok(_) => Completion::compare_failed(value.clone()),
                 Err(e) => Completion::failed(value.clone(), &e, true),
             }
         }

@@ -70,11 +70,7 @@ pub async fn execute(client: &mut Client, invocation: &Invocation) -> Completion
             Err(e) => return Completion::failed(value.clone(), &e, false),
         };
         set.push(element);
-        let text = set
-            .iter()
-            .map(i64::to_string)
-            .collect::<Vec<_>>()
-            .join(" ");
+        let text = set.iter().map(i64::to_string).collect::<Vec<_>>().join(" ");
         let txn = Txn::new()
             .when([guard])
             .and_then([TxnOp::put(KEY, text, None)]);
