@@ -7,17 +7,30 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::checker::{Anomaly, CheckResult, Verdict, linear, set_full};
+use std::collections::HashSet;
+
+use crate::checker::{Anomaly, CheckResult, Verdict, linear, set_full, watch};
 use crate::history::{self, Op, OpType};
 use crate::results::{self, MemberState, OpCounts, RunConfig, RunResults};
-use crate::runner::MEMBERS_FILE;
+use crate::runner::{MEMBERS_FILE, WatchRecord};
 
 pub fn check_dir(dir: &Path) -> anyhow::Result<RunResults> {
     let config: RunConfig = results::read_json(&dir.join(results::CONFIG_FILE))?;
     let history = history::read_jsonl(&dir.join(results::HISTORY_FILE))?;
     let (members, exited): (Vec<MemberState>, Vec<String>) =
         results::read_json(&dir.join(MEMBERS_FILE))?;
-    let mut checkers = vec![workload_check(&config, &history)];
+    let mut checkers = match config.workload.as_str() {
+        "watch" => {
+            let record: WatchRecord = results::read_json(&dir.join(results::WATCHES_FILE))?;
+            let compacted = members
+                .iter()
+                .map(|m| m.compact_revision)
+                .max()
+                .unwrap_or(0);
+            watch_checks(&history, &record, compacted.max(0))
+        }
+        _ => vec![workload_check(&config, &history)],
+    };
     checkers.push(convergence(&members));
     let logs: Vec<_> = (1..=config.nodes)
         .map(|n| dir.join(format!("n{n}.log")))
@@ -58,6 +71,62 @@ fn workload_check(config: &RunConfig, history: &[Op]) -> CheckResult {
             elapsed_ms: 0,
         },
     }
+}
+
+/// The recorders must agree with each other and with every member's
+/// history read after healing; every watch must follow etcd's rules
+/// against that replay.
+fn watch_checks(history: &[Op], record: &WatchRecord, compacted: i64) -> Vec<CheckResult> {
+    let written: HashSet<String> = history
+        .iter()
+        .filter(|op| op.is_client() && op.is_invoke() && op.f == "put")
+        .filter_map(|op| op.value["value"].as_str().map(str::to_string))
+        .collect();
+    let started = std::time::Instant::now();
+    let mut replay_check = CheckResult {
+        checker: "watch-replay".into(),
+        verdict: Verdict::Valid,
+        anomalies: Vec::new(),
+        stats: Default::default(),
+        elapsed_ms: 0,
+    };
+    let replay = match watch::merge_replays(&record.replays) {
+        Ok(replay) => replay,
+        Err(anomaly) => {
+            replay_check.verdict = Verdict::Invalid;
+            replay_check.anomalies.push(anomaly);
+            Vec::new()
+        }
+    };
+    // Every acknowledged put must be in the replay at its revision.
+    let committed: HashSet<(i64, &str)> = replay
+        .iter()
+        .map(|e| (e.mod_revision, e.value.as_str()))
+        .collect();
+    for op in history
+        .iter()
+        .filter(|op| op.is_client() && op.kind == OpType::Ok && op.f == "put")
+    {
+        let revision = op.value["revision"].as_i64().unwrap_or(0);
+        let value = op.value["value"].as_str().unwrap_or_default();
+        if revision > compacted && !committed.contains(&(revision, value)) {
+            replay_check.verdict = Verdict::Invalid;
+            replay_check.anomalies.push(Anomaly {
+                kind: "lost-write".into(),
+                explanation: format!(
+                    "op {} put {value:?} acknowledged at revision {revision}, but no member's history has it there",
+                    op.index
+                ),
+                ops: vec![op.index],
+            });
+        }
+    }
+    replay_check
+        .stats
+        .insert("replay_events".into(), json!(replay.len()));
+    replay_check.elapsed_ms = started.elapsed().as_millis() as u64;
+    let watches = watch::check_watches(&record.watches, &replay, &written, compacted);
+    vec![watches, replay_check]
 }
 
 /// After healing, every member must hold the same data at the same

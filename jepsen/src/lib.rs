@@ -13,4 +13,5 @@ pub mod report;
 pub mod results;
 pub mod runner;
 pub mod sandbox;
+pub mod watcher;
 pub mod workload;

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ballast_jepsen::checker::Verdict;
+use ballast_jepsen::checker::linear;
 use ballast_jepsen::db::Target;
 use ballast_jepsen::nemesis::NemesisName;
 use ballast_jepsen::runner::{self, TestOptions};
 use ballast_jepsen::workload::WorkloadName;
-use ballast_jepsen::checker::linear;
 use ballast_jepsen::{check, report, sandbox};
 use clap::{Args, Parser, Subcommand};
 

@@ -13,12 +13,14 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::time::Instant;
 
+use crate::checker::watch::{RecordedWatch, WatchEvent};
 use crate::client::{REQUEST_TIMEOUT, Recorder, connect};
 use crate::db::{Cluster, ClusterOptions, Target};
 use crate::history::{OpType, Process};
 use crate::nemesis::{Nemesis, NemesisName};
 use crate::results::{self, MemberState, RunConfig};
 use crate::sandbox::{self, Sandbox};
+use crate::watcher::{self, WatchState};
 use crate::workload::{Completion, Generator, Invocation, WorkloadName};
 
 pub const MEMBERS_FILE: &str = "members.json";
@@ -117,6 +119,36 @@ async fn execute(sandbox: Arc<Sandbox>, options: &TestOptions) -> anyhow::Result
         };
         workers.push(tokio::spawn(worker.run(deadline)));
     }
+    let watch_state = match options.workload {
+        WorkloadName::Watch => {
+            let first = current_revision(&urls[0]).await? + 1;
+            Some(Arc::new(WatchState::new(
+                first,
+                options.nodes,
+                Arc::clone(&compact_ceiling),
+            )))
+        }
+        _ => None,
+    };
+    let mut recorders = Vec::new();
+    let mut random_watchers = None;
+    if let Some(state) = &watch_state {
+        for (member, url) in urls.iter().enumerate() {
+            recorders.push(tokio::spawn(watcher::record_member(
+                member,
+                url.clone(),
+                Arc::clone(state),
+                recorder.clone(),
+            )));
+        }
+        random_watchers = Some(tokio::spawn(watcher::random_watchers(
+            urls.clone(),
+            Arc::clone(state),
+            recorder.clone(),
+            options.seed,
+            deadline,
+        )));
+    }
     let nemesis = Nemesis {
         cluster: Arc::clone(&cluster),
         sandbox: Arc::clone(&sandbox),
@@ -136,6 +168,36 @@ async fn execute(sandbox: Arc<Sandbox>, options: &TestOptions) -> anyhow::Result
     let reads = generator.final_reads();
     final_reads(&generator, &reads, &urls, &recorder, options.concurrency).await;
     let members = member_states(&urls).await;
+    if let Some(state) = &watch_state {
+        let mut watches = Vec::new();
+        let final_revision = members.iter().map(|m| m.revision).max().unwrap_or(0);
+        state.finish_at(final_revision);
+        for task in recorders {
+            watches.extend(task.await?);
+        }
+        if let Some(task) = random_watchers {
+            watches.extend(task.await?);
+        }
+        let compacted = members
+            .iter()
+            .map(|m| m.compact_revision)
+            .max()
+            .unwrap_or(0);
+        let from = state.first_revision.max(compacted);
+        let mut replays = Vec::new();
+        for (member, url) in urls.iter().enumerate() {
+            let node = format!("n{}", member + 1);
+            let events = watcher::replay(url, &node, from, final_revision, &recorder).await;
+            replays.push((node, events));
+        }
+        let record = WatchRecord {
+            first_revision: state.first_revision,
+            final_revision,
+            watches,
+            replays,
+        };
+        results::write_json(&options.out.join(results::WATCHES_FILE), &record)?;
+    }
     let crashed = cluster.lock().expect("cluster").exited();
     tokio::task::block_in_place(|| cluster.lock().expect("cluster").stop_all());
 
@@ -162,6 +224,22 @@ async fn execute(sandbox: Arc<Sandbox>, options: &TestOptions) -> anyhow::Result
     crate::history::write_jsonl(&out.join(results::HISTORY_FILE), &recorder.take())?;
     results::write_json(&out.join(MEMBERS_FILE), &(members, crashed))?;
     Ok(())
+}
+
+async fn current_revision(url: &str) -> anyhow::Result<i64> {
+    let mut client = connect(url).await?;
+    let response = client.get("jepsen/ready", None).await?;
+    Ok(response.header().map_or(0, |h| h.revision()))
+}
+
+/// What the watch workload's watchers saw, and each member's history
+/// read after healing: `watches.json`.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct WatchRecord {
+    pub first_revision: i64,
+    pub final_revision: i64,
+    pub watches: Vec<RecordedWatch>,
+    pub replays: Vec<(String, Vec<WatchEvent>)>,
 }
 
 /// Waits until every member serves a linearizable read; returns the

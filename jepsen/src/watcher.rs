@@ -1,0 +1,307 @@
+//! The watch workload's watchers, as etcd's robustness tests collect
+//! watches: one recorder per member on the whole test prefix from the first
+//! test revision, with prev_kv and a progress request every 100 ms,
+//! resuming after each error from the revision after the last one it
+//! confirmed; plus short-lived watchers from random recent revisions. After
+//! healing, each member's whole event history is read again: the replay.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use etcd_client::{EventType, WatchOptions, WatchResponse};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tokio::time::Instant;
+
+use crate::checker::watch::{
+    EventKind, RecordedWatch, WatchEvent, WatchRequestSpec, WatchResponseRecord,
+};
+use crate::client::{Recorder, connect};
+use crate::workload::watch::KEY_PREFIX;
+
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+const RANDOM_WATCH_EVERY: Duration = Duration::from_secs(2);
+const FINISH_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn prefix_end() -> String {
+    let mut end = KEY_PREFIX.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    String::from_utf8(end).expect("ASCII prefix")
+}
+
+/// Shared between the watchers and the nemesis.
+pub struct WatchState {
+    pub first_revision: i64,
+    /// Per member, the highest revision its recorder has confirmed.
+    confirmed: Vec<AtomicI64>,
+    /// The nemesis compacts no higher than the lowest confirmed revision.
+    pub compact_ceiling: Arc<AtomicI64>,
+    /// Set once the final revision is known: recorders stop there.
+    final_revision: AtomicI64,
+    stopping: AtomicBool,
+}
+
+impl WatchState {
+    pub fn new(first_revision: i64, members: usize, compact_ceiling: Arc<AtomicI64>) -> Self {
+        compact_ceiling.store(first_revision - 1, Ordering::SeqCst);
+        WatchState {
+            first_revision,
+            confirmed: (0..members)
+                .map(|_| AtomicI64::new(first_revision - 1))
+                .collect(),
+            compact_ceiling,
+            final_revision: AtomicI64::new(i64::MAX),
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    fn confirm(&self, member: usize, revision: i64) {
+        self.confirmed[member].fetch_max(revision, Ordering::SeqCst);
+        let lowest = self
+            .confirmed
+            .iter()
+            .map(|c| c.load(Ordering::SeqCst))
+            .min()
+            .unwrap_or(0);
+        self.compact_ceiling.store(lowest, Ordering::SeqCst);
+    }
+
+    /// Tells the watchers to finish once they reach `revision`.
+    pub fn finish_at(&self, revision: i64) {
+        self.final_revision.store(revision, Ordering::SeqCst);
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+}
+
+fn event_of(event: &etcd_client::Event) -> Option<WatchEvent> {
+    let kv = event.kv()?;
+    let kind = match event.event_type() {
+        EventType::Put => EventKind::Put,
+        EventType::Delete => EventKind::Delete,
+    };
+    Some(WatchEvent {
+        kind,
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        value: String::from_utf8_lossy(kv.value()).into_owned(),
+        mod_revision: kv.mod_revision(),
+        create_revision: kv.create_revision(),
+        version: kv.version(),
+        prev_value: event
+            .prev_kv()
+            .map(|p| String::from_utf8_lossy(p.value()).into_owned()),
+    })
+}
+
+fn record_of(response: &WatchResponse, time: u64) -> WatchResponseRecord {
+    WatchResponseRecord {
+        time,
+        header_revision: response.header().map_or(0, |h| h.revision()),
+        progress_notify: response.events().is_empty() && !response.canceled(),
+        compact_revision: response.compact_revision(),
+        canceled: response.canceled(),
+        events: response.events().iter().filter_map(event_of).collect(),
+    }
+}
+
+/// The highest revision a response confirms: its last event, or for a
+/// progress notification its header revision.
+fn confirmed_by(record: &WatchResponseRecord) -> Option<i64> {
+    if let Some(last) = record.events.last() {
+        Some(last.mod_revision)
+    } else if record.progress_notify {
+        Some(record.header_revision)
+    } else {
+        None
+    }
+}
+
+/// One watch from `start` until `stop` says so, the stream fails, or it is
+/// canceled. Returns the record and the highest revision it confirmed.
+async fn watch_once(
+    url: &str,
+    watcher: &str,
+    node: &str,
+    start: i64,
+    prev_kv: bool,
+    recorder: &Recorder,
+    mut stop: impl FnMut(i64) -> bool,
+    mut on_confirm: impl FnMut(i64),
+) -> (RecordedWatch, Option<i64>) {
+    let request = WatchRequestSpec {
+        key: KEY_PREFIX.to_string(),
+        range_end: prefix_end(),
+        start_revision: start,
+        prev_kv,
+    };
+    let mut record = RecordedWatch {
+        watcher: watcher.to_string(),
+        node: node.to_string(),
+        request,
+        responses: Vec::new(),
+    };
+    let mut confirmed = None;
+    let Ok(mut client) = connect(url).await else {
+        return (record, confirmed);
+    };
+    let mut options = WatchOptions::new().with_prefix().with_start_revision(start);
+    if prev_kv {
+        options = options.with_prev_key();
+    }
+    let Ok(mut stream) = client.watch(KEY_PREFIX, Some(options)).await else {
+        return (record, confirmed);
+    };
+    let mut ticker = tokio::time::interval(PROGRESS_EVERY);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                if stop(confirmed.unwrap_or(start - 1)) || stream.request_progress().await.is_err() {
+                    break;
+                }
+            }
+            message = tokio::time::timeout(crate::client::REQUEST_TIMEOUT, stream.message()) => {
+                let Ok(Ok(Some(response))) = message else { break };
+                if response.created() && response.events().is_empty() {
+                    continue;
+                }
+                let response_record = record_of(&response, recorder.elapsed_ns());
+                if let Some(revision) = confirmed_by(&response_record) {
+                    confirmed = Some(confirmed.map_or(revision, |c: i64| c.max(revision)));
+                    on_confirm(revision);
+                }
+                let canceled = response_record.canceled;
+                record.responses.push(response_record);
+                if canceled {
+                    break;
+                }
+            }
+        }
+    }
+    (record, confirmed)
+}
+
+/// A member's recorder: watches from the first test revision to the final
+/// one, resuming after every failure.
+pub async fn record_member(
+    member: usize,
+    url: String,
+    state: Arc<WatchState>,
+    recorder: Recorder,
+) -> Vec<RecordedWatch> {
+    let node = format!("n{}", member + 1);
+    let mut next = state.first_revision;
+    let mut watches = Vec::new();
+    let mut finish_deadline = None;
+    loop {
+        let stop = |confirmed: i64| {
+            state.stopping.load(Ordering::SeqCst)
+                && confirmed >= state.final_revision.load(Ordering::SeqCst)
+        };
+        let (watch, confirmed) = watch_once(
+            &url,
+            &format!("{node}/recorder"),
+            &node,
+            next,
+            true,
+            &recorder,
+            stop,
+            |revision| state.confirm(member, revision),
+        )
+        .await;
+        if let Some(compacted) = watch.responses.last().filter(|r| r.canceled) {
+            next = next.max(compacted.compact_revision);
+        }
+        if let Some(confirmed) = confirmed {
+            next = next.max(confirmed + 1);
+        }
+        let got_anything = !watch.responses.is_empty();
+        if got_anything {
+            watches.push(watch);
+        }
+        if state.stopping.load(Ordering::SeqCst) {
+            if next > state.final_revision.load(Ordering::SeqCst) {
+                break;
+            }
+            let give_up = *finish_deadline.get_or_insert_with(|| Instant::now() + FINISH_TIMEOUT);
+            if Instant::now() > give_up {
+                break;
+            }
+        }
+        if !got_anything {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    watches
+}
+
+/// Short watches from random recent (and a little future) revisions on
+/// random members, until the load stops.
+pub async fn random_watchers(
+    urls: Vec<String>,
+    state: Arc<WatchState>,
+    recorder: Recorder,
+    seed: u64,
+    until: Instant,
+) -> Vec<RecordedWatch> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5741_5443);
+    let mut watches = Vec::new();
+    let mut number = 0;
+    while Instant::now() + RANDOM_WATCH_EVERY < until {
+        tokio::time::sleep(RANDOM_WATCH_EVERY).await;
+        let member = rng.random_range(0..urls.len());
+        let current = state.confirmed[member].load(Ordering::SeqCst);
+        let start = (current + rng.random_range(-100..=10)).max(state.first_revision);
+        let lasts = Instant::now() + Duration::from_millis(rng.random_range(1000..3000));
+        number += 1;
+        let node = format!("n{}", member + 1);
+        let (watch, _) = watch_once(
+            &urls[member],
+            &format!("{node}/w{number}"),
+            &node,
+            start,
+            rng.random_bool(0.5),
+            &recorder,
+            |_| Instant::now() > lasts,
+            |_| {},
+        )
+        .await;
+        watches.push(watch);
+    }
+    watches
+}
+
+/// A member's whole event history from `from` to `to`, read after healing.
+pub async fn replay(
+    url: &str,
+    node: &str,
+    from: i64,
+    to: i64,
+    recorder: &Recorder,
+) -> Vec<WatchEvent> {
+    let mut events: Vec<WatchEvent> = Vec::new();
+    let mut next = from;
+    let deadline = Instant::now() + FINISH_TIMEOUT;
+    while next <= to && Instant::now() < deadline {
+        let (watch, confirmed) = watch_once(
+            url,
+            &format!("{node}/replay"),
+            node,
+            next,
+            true,
+            recorder,
+            |confirmed| confirmed >= to,
+            |_| {},
+        )
+        .await;
+        for response in watch.responses {
+            events.extend(response.events.into_iter().filter(|e| e.mod_revision <= to));
+        }
+        match confirmed {
+            Some(confirmed) => next = next.max(confirmed + 1),
+            None => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    events
+}
