@@ -120,16 +120,28 @@ fn confirmed_by(record: &WatchResponseRecord) -> Option<i64> {
 
 /// One watch from `start` until `stop` says so, the stream fails, or it is
 /// canceled. Returns the record and the highest revision it confirmed.
-async fn watch_once(
-    url: &str,
-    watcher: &str,
-    node: &str,
+/// Where and how one watch is opened.
+struct WatchPlan<'a> {
+    url: &'a str,
+    watcher: String,
+    node: &'a str,
     start: i64,
     prev_kv: bool,
+}
+
+async fn watch_once(
+    plan: WatchPlan<'_>,
     recorder: &Recorder,
     mut stop: impl FnMut(i64) -> bool,
     mut on_confirm: impl FnMut(i64),
 ) -> (RecordedWatch, Option<i64>) {
+    let WatchPlan {
+        url,
+        watcher,
+        node,
+        start,
+        prev_kv,
+    } = plan;
     let request = WatchRequestSpec {
         key: KEY_PREFIX.to_string(),
         range_end: prefix_end(),
@@ -137,7 +149,7 @@ async fn watch_once(
         prev_kv,
     };
     let mut record = RecordedWatch {
-        watcher: watcher.to_string(),
+        watcher,
         node: node.to_string(),
         request,
         responses: Vec::new(),
@@ -199,16 +211,16 @@ pub async fn record_member(
             state.stopping.load(Ordering::SeqCst)
                 && confirmed >= state.final_revision.load(Ordering::SeqCst)
         };
-        let (watch, confirmed) = watch_once(
-            &url,
-            &format!("{node}/recorder"),
-            &node,
-            next,
-            true,
-            &recorder,
-            stop,
-            |revision| state.confirm(member, revision),
-        )
+        let plan = WatchPlan {
+            url: &url,
+            watcher: format!("{node}/recorder"),
+            node: &node,
+            start: next,
+            prev_kv: true,
+        };
+        let (watch, confirmed) = watch_once(plan, &recorder, stop, |revision| {
+            state.confirm(member, revision)
+        })
         .await;
         if let Some(compacted) = watch.responses.last().filter(|r| r.canceled) {
             next = next.max(compacted.compact_revision);
@@ -256,17 +268,14 @@ pub async fn random_watchers(
         let lasts = Instant::now() + Duration::from_millis(rng.random_range(1000..3000));
         number += 1;
         let node = format!("n{}", member + 1);
-        let (watch, _) = watch_once(
-            &urls[member],
-            &format!("{node}/w{number}"),
-            &node,
+        let plan = WatchPlan {
+            url: &urls[member],
+            watcher: format!("{node}/w{number}"),
+            node: &node,
             start,
-            rng.random_bool(0.5),
-            &recorder,
-            |_| Instant::now() > lasts,
-            |_| {},
-        )
-        .await;
+            prev_kv: rng.random_bool(0.5),
+        };
+        let (watch, _) = watch_once(plan, &recorder, |_| Instant::now() > lasts, |_| {}).await;
         watches.push(watch);
     }
     watches
@@ -284,17 +293,15 @@ pub async fn replay(
     let mut next = from;
     let deadline = Instant::now() + FINISH_TIMEOUT;
     while next <= to && Instant::now() < deadline {
-        let (watch, confirmed) = watch_once(
+        let plan = WatchPlan {
             url,
-            &format!("{node}/replay"),
+            watcher: format!("{node}/replay"),
             node,
-            next,
-            true,
-            recorder,
-            |confirmed| confirmed >= to,
-            |_| {},
-        )
-        .await;
+            start: next,
+            prev_kv: true,
+        };
+        let (watch, confirmed) =
+            watch_once(plan, recorder, |confirmed| confirmed >= to, |_| {}).await;
         for response in watch.responses {
             events.extend(response.events.into_iter().filter(|e| e.mod_revision <= to));
         }
