@@ -27,6 +27,9 @@ enum Command {
     /// Runs one test per workload and checks it. Exit code: 0 valid,
     /// 1 invalid, 2 unknown.
     Test(TestArgs),
+    /// Runs a matrix of workloads and nemeses against each target in turn,
+    /// then writes compare.html and summary.md side by side.
+    TestAll(TestAllArgs),
     /// Checks a run directory again (or, with --format porcupine-etcd, one
     /// of porcupine's Jepsen etcd logs) and rewrites its report.
     Check {
@@ -46,6 +49,47 @@ enum Command {
     /// Removes the namespaces and processes a crashed run left.
     Clean,
 }
+
+#[derive(Args)]
+struct TestAllArgs {
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "ballast,etcd")]
+    target: Vec<Target>,
+    /// The Ballast binary; by default `ballast` next to this program.
+    #[arg(long)]
+    ballast_binary: Option<PathBuf>,
+    /// Seconds of load with faults per run.
+    #[arg(long, default_value_t = 120)]
+    time: u64,
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value = "runs/matrix")]
+    out: PathBuf,
+}
+
+/// The matrix: every workload, every nemesis, and all of them at once.
+const MATRIX: [(WorkloadName, &[NemesisName]); 7] = [
+    (WorkloadName::Register, &[NemesisName::Partition, NemesisName::Kill]),
+    (WorkloadName::Append, &[NemesisName::Kill, NemesisName::Pause]),
+    (WorkloadName::Wr, &[NemesisName::Partition, NemesisName::Pause]),
+    (WorkloadName::Set, &[NemesisName::Pause, NemesisName::Kill]),
+    (WorkloadName::Watch, &[NemesisName::Partition, NemesisName::Compact]),
+    (WorkloadName::Register, &[NemesisName::Member, NemesisName::Loss]),
+    (
+        WorkloadName::Append,
+        &[
+            NemesisName::Partition,
+            NemesisName::Kill,
+            NemesisName::Pause,
+            NemesisName::Loss,
+            NemesisName::Member,
+            NemesisName::Compact,
+        ],
+    ),
+];
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum CheckFormat {
@@ -104,6 +148,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Test(args) => test(&args),
+        Command::TestAll(args) => test_all(&args),
         Command::Check { path, format } => check_path(&path, format),
         Command::Report { dir } => report::write_index(&dir).map(|path| {
             eprintln!("ballast-jepsen: wrote {}", path.display());
@@ -190,6 +235,70 @@ fn test(args: &TestArgs) -> anyhow::Result<Verdict> {
         );
         verdict = verdict.and(results.verdict);
     }
+    Ok(verdict)
+}
+
+fn test_all(args: &TestAllArgs) -> anyhow::Result<Verdict> {
+    let mut verdict = Verdict::Valid;
+    let mut dirs: Vec<Vec<PathBuf>> = Vec::new();
+    for &target in &args.target {
+        let binary = match (target, &args.ballast_binary) {
+            (Target::Ballast, Some(binary)) => binary.clone(),
+            _ => default_binary(target)?,
+        };
+        let mut target_dirs = Vec::new();
+        for (workload, nemeses) in MATRIX {
+            let names: Vec<&str> = nemeses.iter().map(|n| n.name()).collect();
+            let name = format!("{}-{}-{}", target.name(), workload.name(), names.join("+"));
+            let out = args.out.join(&name);
+            let test_args = TestArgs {
+                target,
+                binary: Some(binary.clone()),
+                workload: vec![workload],
+                nemesis: nemeses.to_vec(),
+                time: args.time,
+                nodes: args.nodes,
+                rate: args.rate,
+                concurrency: None,
+                nemesis_interval: 5.0,
+                recovery: 10,
+                snapshot_count: 100,
+                seed: Some(args.seed),
+                out: Some(out.clone()),
+            };
+            match test(&test_args) {
+                Ok(run_verdict) => verdict = verdict.and(run_verdict),
+                Err(e) => {
+                    eprintln!("ballast-jepsen: {name}: {e:#}");
+                    verdict = verdict.and(Verdict::Unknown);
+                }
+            }
+            target_dirs.push(out);
+        }
+        dirs.push(target_dirs);
+    }
+    let finished: Vec<PathBuf> = dirs
+        .iter()
+        .flatten()
+        .filter(|d| d.join("results.json").exists())
+        .cloned()
+        .collect();
+    std::fs::write(args.out.join("summary.md"), report::summary_markdown(&finished)?)?;
+    if let [first, second] = dirs.as_slice() {
+        let pairs: Vec<(PathBuf, PathBuf)> = first
+            .iter()
+            .cloned()
+            .zip(second.iter().cloned())
+            .filter(|(a, b)| a.join("results.json").exists() && b.join("results.json").exists())
+            .collect();
+        report::write_compare_many(&pairs, &args.out.join("compare.html"))?;
+        for (a, b) in &pairs {
+            let name = b.file_name().map(|n| n.to_string_lossy().into_owned());
+            let out = args.out.join(format!("compare-{}.html", name.unwrap_or_default()));
+            report::write_compare(a, b, &out)?;
+        }
+    }
+    eprintln!("ballast-jepsen: matrix in {}", args.out.display());
     Ok(verdict)
 }
 
