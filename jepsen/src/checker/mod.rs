@@ -7,6 +7,8 @@ pub mod watch;
 
 use serde::{Deserialize, Serialize};
 
+pub mod elle;
+
 /// A checker's answer. `Unknown` is never a pass: it means the checker ran
 /// out of time or lacked the information to decide.
 #[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
