@@ -9,7 +9,7 @@ use serde_json::json;
 
 use std::collections::HashSet;
 
-use crate::checker::{Anomaly, CheckResult, Verdict, linear, set_full, watch};
+use crate::checker::{Anomaly, CheckResult, Verdict, elle, linear, set_full, watch};
 use crate::history::{self, Op, OpType};
 use crate::results::{self, MemberState, OpCounts, RunConfig, RunResults};
 use crate::runner::{MEMBERS_FILE, WatchRecord};
@@ -59,6 +59,8 @@ fn workload_check(config: &RunConfig, history: &[Op]) -> CheckResult {
     match config.workload.as_str() {
         "register" => linear::check_register(history, CHECK_TIME_LIMIT),
         "set" => set_full::check_set_full(history),
+        "append" => elle::check_list_append(history, CHECK_TIME_LIMIT),
+        "wr" => elle::check_rw_register(history, CHECK_TIME_LIMIT),
         other => CheckResult {
             checker: other.to_string(),
             verdict: Verdict::Unknown,

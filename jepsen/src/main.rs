@@ -52,7 +52,12 @@ enum Command {
 
 #[derive(Args)]
 struct TestAllArgs {
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "ballast,etcd")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "ballast,etcd"
+    )]
     target: Vec<Target>,
     /// The Ballast binary; by default `ballast` next to this program.
     #[arg(long)]
@@ -72,12 +77,27 @@ struct TestAllArgs {
 
 /// The matrix: every workload, every nemesis, and all of them at once.
 const MATRIX: [(WorkloadName, &[NemesisName]); 7] = [
-    (WorkloadName::Register, &[NemesisName::Partition, NemesisName::Kill]),
-    (WorkloadName::Append, &[NemesisName::Kill, NemesisName::Pause]),
-    (WorkloadName::Wr, &[NemesisName::Partition, NemesisName::Pause]),
+    (
+        WorkloadName::Register,
+        &[NemesisName::Partition, NemesisName::Kill],
+    ),
+    (
+        WorkloadName::Append,
+        &[NemesisName::Kill, NemesisName::Pause],
+    ),
+    (
+        WorkloadName::Wr,
+        &[NemesisName::Partition, NemesisName::Pause],
+    ),
     (WorkloadName::Set, &[NemesisName::Pause, NemesisName::Kill]),
-    (WorkloadName::Watch, &[NemesisName::Partition, NemesisName::Compact]),
-    (WorkloadName::Register, &[NemesisName::Member, NemesisName::Loss]),
+    (
+        WorkloadName::Watch,
+        &[NemesisName::Partition, NemesisName::Compact],
+    ),
+    (
+        WorkloadName::Register,
+        &[NemesisName::Member, NemesisName::Loss],
+    ),
     (
         WorkloadName::Append,
         &[
@@ -283,7 +303,10 @@ fn test_all(args: &TestAllArgs) -> anyhow::Result<Verdict> {
         .filter(|d| d.join("results.json").exists())
         .cloned()
         .collect();
-    std::fs::write(args.out.join("summary.md"), report::summary_markdown(&finished)?)?;
+    std::fs::write(
+        args.out.join("summary.md"),
+        report::summary_markdown(&finished)?,
+    )?;
     if let [first, second] = dirs.as_slice() {
         let pairs: Vec<(PathBuf, PathBuf)> = first
             .iter()
@@ -294,7 +317,9 @@ fn test_all(args: &TestAllArgs) -> anyhow::Result<Verdict> {
         report::write_compare_many(&pairs, &args.out.join("compare.html"))?;
         for (a, b) in &pairs {
             let name = b.file_name().map(|n| n.to_string_lossy().into_owned());
-            let out = args.out.join(format!("compare-{}.html", name.unwrap_or_default()));
+            let out = args
+                .out
+                .join(format!("compare-{}.html", name.unwrap_or_default()));
             report::write_compare(a, b, &out)?;
         }
     }

@@ -26,7 +26,9 @@ fn jepsen_smoke_against_ballast() {
         return;
     }
     let Some(ballast) = ballast_binary() else {
-        println!("SKIPPED jepsen_smoke_against_ballast: no ballast binary built (cargo build --bin ballast)");
+        println!(
+            "SKIPPED jepsen_smoke_against_ballast: no ballast binary built (cargo build --bin ballast)"
+        );
         return;
     };
     let out = tempfile::tempdir().expect("temp dir");
@@ -47,7 +49,9 @@ fn jepsen_smoke_against_ballast() {
         match status.code() {
             Some(0) => {}
             Some(2) => println!("{workload} with {nemesis}: unknown\n{results}"),
-            code => invalid.push(format!("{workload} with {nemesis}: exit {code:?}\n{results}")),
+            code => invalid.push(format!(
+                "{workload} with {nemesis}: exit {code:?}\n{results}"
+            )),
         }
     }
     assert!(invalid.is_empty(), "{}", invalid.join("\n"));

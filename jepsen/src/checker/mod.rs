@@ -1,13 +1,12 @@
 //! Checkers: each reads a history (and, for watches, the recorded streams)
 //! and gives a verdict with every anomaly explained.
 
+pub mod elle;
 pub mod linear;
 pub mod set_full;
 pub mod watch;
 
 use serde::{Deserialize, Serialize};
-
-pub mod elle;
 
 /// A checker's answer. `Unknown` is never a pass: it means the checker ran
 /// out of time or lacked the information to decide.

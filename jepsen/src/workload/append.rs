@@ -45,6 +45,10 @@ impl AppendGenerator {
         }
     }
 
+    pub fn registers(&self) -> bool {
+        self.registers
+    }
+
     pub fn next(&self, rng: &mut ChaCha8Rng) -> Invocation {
         let mut pool = self.keys.lock().expect("key pool");
         let length = rng.random_range(1..=MAX_TXN_LENGTH);
@@ -119,10 +123,11 @@ fn parse_mops(value: &Value) -> Vec<Mop> {
         .unwrap_or_default()
 }
 
-pub async fn execute(client: &mut Client, invocation: &Invocation) -> Completion {
+/// Runs one transaction; `registers` selects rw-register (`wr`).
+pub async fn execute(client: &mut Client, invocation: &Invocation, registers: bool) -> Completion {
     let mops = parse_mops(&invocation.value);
     let value = &invocation.value;
-    if mops.iter().any(|m| m.verb == "w") {
+    if registers {
         return execute_registers(client, &mops, value).await;
     }
     let written: BTreeSet<u64> = mops

@@ -127,7 +127,7 @@ impl Generator {
     pub async fn execute(&self, client: &mut Client, invocation: &Invocation) -> Completion {
         match self {
             Generator::Register(_) => register::execute(client, invocation).await,
-            Generator::Append(_) => append::execute(client, invocation).await,
+            Generator::Append(g) => append::execute(client, invocation, g.registers()).await,
             Generator::Set(_) => set::execute(client, invocation).await,
             Generator::Watch(_) => watch::execute(client, invocation).await,
         }
