@@ -39,9 +39,10 @@ pub struct ClusterOptions {
     /// Raft snapshots every this many entries: small, so that snapshot
     /// installation on a member that fell behind is exercised.
     pub snapshot_count: u64,
-    /// A command prefix (e.g. `faketime -f +30s`) per member, for clock
-    /// faults; empty for none.
-    pub wrappers: Vec<Vec<String>>,
+    /// Extra environment per member (libfaketime's, for clock faults).
+    /// Environment rather than a wrapper command, so that the process the
+    /// harness signals is the server itself.
+    pub environment: Vec<Vec<(String, String)>>,
 }
 
 pub struct Member {
@@ -133,6 +134,22 @@ impl Cluster {
         self.start(index, "existing")
     }
 
+    /// Extra environment for the member from its next start on.
+    pub fn set_environment(&mut self, index: usize, environment: Vec<(String, String)>) {
+        if self.options.environment.len() < self.size() {
+            self.options.environment.resize(self.size(), Vec::new());
+        }
+        self.options.environment[index - 1] = environment;
+    }
+
+    /// Whether the member exited by itself since it was started; reaps it.
+    pub fn has_exited(&mut self, index: usize) -> Option<String> {
+        let member = &mut self.members[index - 1];
+        let status = member.child.as_mut()?.try_wait().ok()??;
+        member.child = None;
+        Some(status.to_string())
+    }
+
     pub fn set_membership(&mut self, members: Vec<usize>) {
         self.initial_cluster = members;
     }
@@ -150,16 +167,16 @@ impl Cluster {
         let member = &self.members[index - 1];
         std::fs::create_dir_all(member.data_dir.parent().unwrap_or(Path::new(".")))?;
         let log = open_log(&member.log)?;
-        let wrapper = self
+        let environment = self
             .options
-            .wrappers
+            .environment
             .get(index - 1)
             .cloned()
             .unwrap_or_default();
         let mut command = Command::new("ip");
         command
             .args(["netns", "exec", &self.sandbox_member_namespaces[index - 1]])
-            .args(&wrapper)
+            .envs(environment)
             .arg(&self.options.binary)
             .args(["--name", &member.name])
             .arg("--data-dir")

@@ -2,6 +2,7 @@
 //! one of the enabled faults, starts it, lets it act for an interval, heals
 //! it, and waits an interval. At the end everything is healed.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,7 +15,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::client::{Recorder, connect, describe};
-use crate::db::Cluster;
+use crate::db::{Cluster, Target};
 use crate::history::{OpType, Process};
 use crate::sandbox::Sandbox;
 
@@ -35,6 +36,12 @@ pub enum NemesisName {
     Member,
     /// Compaction to the current revision, physical.
     Compact,
+    /// A member restarted under libfaketime with its clock moved and sped
+    /// up (Ballast only: etcd's Go runtime reads the clock without libc).
+    Clock,
+    /// A minority member stopped, bits flipped in or bytes cut from one of
+    /// its WAL or snapshot files, and started again.
+    Corrupt,
 }
 
 impl NemesisName {
@@ -46,6 +53,8 @@ impl NemesisName {
             NemesisName::Loss => "loss",
             NemesisName::Member => "member",
             NemesisName::Compact => "compact",
+            NemesisName::Clock => "clock",
+            NemesisName::Corrupt => "corrupt",
         }
     }
 }
@@ -56,6 +65,8 @@ enum Active {
     Killed(Vec<usize>),
     Paused(Vec<usize>),
     Removed(usize),
+    Clock(usize),
+    Corrupted(usize),
 }
 
 pub struct Nemesis {
@@ -118,6 +129,8 @@ impl Nemesis {
             NemesisName::Kill => self.kill().await,
             NemesisName::Pause => self.pause().await,
             NemesisName::Member => self.remove_member().await,
+            NemesisName::Clock => self.skew_clock(),
+            NemesisName::Corrupt => self.corrupt(),
             NemesisName::Compact => unreachable!("compaction is instantaneous"),
         };
         self.log(OpType::Info, &f, Value::String(description));
@@ -130,6 +143,8 @@ impl Nemesis {
             Active::Killed(_) => "stop-kill".into(),
             Active::Paused(_) => "stop-pause".into(),
             Active::Removed(_) => "stop-member".into(),
+            Active::Clock(_) => "stop-clock".into(),
+            Active::Corrupted(_) => "stop-corrupt".into(),
         };
         self.log(OpType::Invoke, &f, Value::Null);
         let description = match fault {
@@ -146,6 +161,17 @@ impl Nemesis {
                 format!("resumed {}", names(&nodes))
             }
             Active::Removed(node) => self.add_member(node).await,
+            Active::Clock(node) => {
+                let mut cluster = self.cluster.lock().expect("cluster");
+                cluster.set_environment(node, Vec::new());
+                let _ = tokio::task::block_in_place(|| cluster.kill(node));
+                drop(cluster);
+                format!(
+                    "clock of n{node} back to real time: {}",
+                    self.restart(&[node])
+                )
+            }
+            Active::Corrupted(node) => self.recover_corrupted(node).await,
         };
         self.log(OpType::Info, &f, Value::String(description));
     }
@@ -314,10 +340,87 @@ impl Nemesis {
         )
     }
 
+    fn skew_clock(&mut self) -> (String, Option<Active>) {
+        if self.cluster.lock().expect("cluster").target() == Target::Etcd {
+            return (
+                "clock: n/a for etcd (Go reads the clock without libc, so libfaketime cannot move it)".into(),
+                None,
+            );
+        }
+        if !Path::new(LIBFAKETIME).exists() {
+            return (
+                format!("clock: {LIBFAKETIME} is not installed (package libfaketime)"),
+                None,
+            );
+        }
+        let node = self.rng.random_range(1..=self.sandbox.members());
+        let offset =
+            self.rng.random_range(10..=300) * if self.rng.random_bool(0.5) { 1 } else { -1 };
+        let rate = if self.rng.random_bool(0.5) { "1" } else { "2" };
+        let spec = format!("{offset:+} x{rate}");
+        let mut cluster = self.cluster.lock().expect("cluster");
+        cluster.set_environment(
+            node,
+            vec![
+                ("LD_PRELOAD".into(), LIBFAKETIME.into()),
+                ("FAKETIME".into(), spec),
+            ],
+        );
+        let _ = tokio::task::block_in_place(|| cluster.kill(node));
+        drop(cluster);
+        let restarted = self.restart(&[node]);
+        (
+            format!("clock of n{node} moved {offset:+} s, running x{rate}: {restarted}"),
+            Some(Active::Clock(node)),
+        )
+    }
+
+    /// Damages one WAL or snapshot file of one member of a minority while
+    /// it is stopped, then starts it again.
+    fn corrupt(&mut self) -> (String, Option<Active>) {
+        let minority = (self.sandbox.members() - 1) / 2;
+        if minority == 0 {
+            return ("corrupt: no minority to damage".into(), None);
+        }
+        let node = self.rng.random_range(1..=self.sandbox.members());
+        let mut cluster = self.cluster.lock().expect("cluster");
+        let _ = tokio::task::block_in_place(|| cluster.kill(node));
+        let data_dir = cluster.member(node).data_dir.clone();
+        drop(cluster);
+        let damage = damage_one_file(&data_dir, &mut self.rng)
+            .unwrap_or_else(|e| format!("nothing damaged ({e})"));
+        let restarted = self.restart(&[node]);
+        (
+            format!("corrupt n{node}: {damage}; {restarted}"),
+            Some(Active::Corrupted(node)),
+        )
+    }
+
+    /// A member that refused to start on its damaged files is replaced as
+    /// an operator would: removed, wiped, added back empty.
+    async fn recover_corrupted(&mut self, node: usize) -> String {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let exited = self.cluster.lock().expect("cluster").has_exited(node);
+        let Some(status) = exited else {
+            return format!("n{node} runs on its damaged files");
+        };
+        let (removed, active) = self.remove_member_named(node).await;
+        let added = match active {
+            Some(Active::Removed(node)) => self.add_member(node).await,
+            _ => String::new(),
+        };
+        format!("n{node} refused to start on its damaged files ({status}); {removed}; {added}")
+    }
+
     /// Removes a member through another one, stops it and wipes its data.
     async fn remove_member(&mut self) -> (String, Option<Active>) {
         let members = self.members();
         let victim = members[self.rng.random_range(0..members.len())];
+        self.remove_member_named(victim).await
+    }
+
+    async fn remove_member_named(&mut self, victim: usize) -> (String, Option<Active>) {
+        let members = self.members();
         let Some(mut client) = self.client_other_than(victim).await else {
             return ("member remove: no member answered".into(), None);
         };
@@ -460,6 +563,45 @@ impl Nemesis {
         };
         self.log(OpType::Info, "heal", Value::String(description));
     }
+}
+
+/// Debian's libfaketime, preloaded into a member to move its clocks.
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// Flips bits in (p = 1e-4 per bit, at least one) or cuts up to 1 KiB from
+/// the end of one random non-empty file under member/wal or member/snap.
+fn damage_one_file(data_dir: &Path, rng: &mut ChaCha8Rng) -> anyhow::Result<String> {
+    let mut files = Vec::new();
+    for dir in ["member/wal", "member/snap"] {
+        let Ok(entries) = std::fs::read_dir(data_dir.join(dir)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let metadata = entry.metadata()?;
+            if metadata.is_file() && metadata.len() > 0 {
+                files.push(entry.path());
+            }
+        }
+    }
+    files.sort();
+    anyhow::ensure!(!files.is_empty(), "no WAL or snapshot file");
+    let file = &files[rng.random_range(0..files.len())];
+    let mut bytes = std::fs::read(file)?;
+    let what = if rng.random_bool(0.5) {
+        let cut = rng.random_range(1..=bytes.len().min(1024));
+        bytes.truncate(bytes.len() - cut);
+        format!("cut {cut} bytes from the end of")
+    } else {
+        let bits = bytes.len() as u64 * 8;
+        let flips = (bits / 10_000).clamp(1, 10_000);
+        for _ in 0..flips {
+            let bit = rng.random_range(0..bits);
+            bytes[(bit / 8) as usize] ^= 1 << (bit % 8);
+        }
+        format!("flipped {flips} bits in")
+    };
+    std::fs::write(file, &bytes)?;
+    Ok(format!("{what} {}", file.display()))
 }
 
 fn names(nodes: &[usize]) -> String {

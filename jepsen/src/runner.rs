@@ -81,7 +81,7 @@ async fn execute(sandbox: Arc<Sandbox>, options: &TestOptions) -> anyhow::Result
         target: options.target,
         binary: options.binary.clone(),
         snapshot_count: options.snapshot_count,
-        wrappers: Vec::new(),
+        environment: Vec::new(),
     };
     let cluster = Arc::new(Mutex::new(Cluster::new(
         &sandbox,
