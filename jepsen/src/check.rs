@@ -29,7 +29,7 @@ pub fn check_dir(dir: &Path) -> anyhow::Result<RunResults> {
                 .unwrap_or(0);
             watch_checks(&history, &record, compacted.max(0))
         }
-        _ => vec![workload_check(&config, &history)],
+        _ => vec![workload_check(&config.workload, &history)],
     };
     checkers.push(convergence(&members));
     let logs: Vec<_> = (1..=config.nodes)
@@ -52,13 +52,23 @@ pub fn check_dir(dir: &Path) -> anyhow::Result<RunResults> {
     Ok(results)
 }
 
+const LOCK_SET_NOTE: &str = "lock-set guards an in-memory set with etcd's Lock: a lease that \
+    expires while its holder is cut off or paused lets a second holder in, so this workload is \
+    expected to fail on any etcd-compatible store; the fenced variant (lock-fenced-set) is \
+    expected to pass.";
+
 /// How long a checker may search before it answers unknown.
 const CHECK_TIME_LIMIT: Duration = Duration::from_secs(300);
 
-fn workload_check(config: &RunConfig, history: &[Op]) -> CheckResult {
-    match config.workload.as_str() {
+fn workload_check(workload: &str, history: &[Op]) -> CheckResult {
+    match workload {
         "register" => linear::check_register(history, CHECK_TIME_LIMIT),
-        "set" => set_full::check_set_full(history),
+        "set" | "lock-fenced-set" => set_full::check_set_full(history),
+        "lock-set" => {
+            let mut result = set_full::check_set_full(history);
+            result.stats.insert("note".into(), json!(LOCK_SET_NOTE));
+            result
+        }
         "append" => elle::check_list_append(history, CHECK_TIME_LIMIT),
         "wr" => elle::check_rw_register(history, CHECK_TIME_LIMIT),
         other => CheckResult {
@@ -210,4 +220,39 @@ fn op_counts(history: &[Op]) -> OpCounts {
         }
     }
     counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::Process;
+
+    fn op(index: u64, kind: OpType, f: &str, value: serde_json::Value) -> Op {
+        Op {
+            index,
+            time: index * 1_000_000,
+            kind,
+            process: Process::Client(0),
+            f: f.into(),
+            value,
+            error: None,
+            node: None,
+        }
+    }
+
+    #[test]
+    fn lock_workloads_use_set_full_and_only_the_plain_one_carries_the_note() {
+        let lost = [
+            op(0, OpType::Invoke, "add", json!(7)),
+            op(1, OpType::Ok, "add", json!(7)),
+            op(2, OpType::Invoke, "read", json!(null)),
+            op(3, OpType::Ok, "read", json!([])),
+        ];
+        let plain = workload_check("lock-set", &lost);
+        assert_eq!(plain.verdict, Verdict::Invalid);
+        assert_eq!(plain.stats["note"], json!(LOCK_SET_NOTE));
+        let fenced = workload_check("lock-fenced-set", &lost);
+        assert_eq!(fenced.verdict, Verdict::Invalid);
+        assert!(!fenced.stats.contains_key("note"));
+    }
 }

@@ -7,10 +7,12 @@
 //!   observed.
 //! - append and wr (`txn`): Elle's micro-operations,
 //!   `[["append", k, v], ["r", k, [..]]]` and `[["w", k, v], ["r", k, v]]`.
-//! - set (`add`, `read`): the element; the elements read.
+//! - set, lock-set and lock-fenced-set (`add`, `read`): the element; the
+//!   elements read.
 //! - watch (`put`): `{"key","value"}`, completed with the revision.
 
 pub mod append;
+pub mod lock;
 pub mod register;
 pub mod set;
 pub mod watch;
@@ -22,12 +24,14 @@ use serde_json::Value;
 use crate::history::OpType;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum WorkloadName {
     Register,
     Append,
     Wr,
     Set,
+    LockSet,
+    LockFencedSet,
     Watch,
 }
 
@@ -38,6 +42,8 @@ impl WorkloadName {
             WorkloadName::Append => "append",
             WorkloadName::Wr => "wr",
             WorkloadName::Set => "set",
+            WorkloadName::LockSet => "lock-set",
+            WorkloadName::LockFencedSet => "lock-fenced-set",
             WorkloadName::Watch => "watch",
         }
     }
@@ -109,6 +115,7 @@ pub enum Generator {
     Register(register::RegisterGenerator),
     Append(append::AppendGenerator),
     Set(set::SetGenerator),
+    Lock(lock::LockGenerator),
     Watch(watch::WatchGenerator),
 }
 
@@ -119,6 +126,8 @@ impl Generator {
             WorkloadName::Append => Generator::Append(append::AppendGenerator::new(false)),
             WorkloadName::Wr => Generator::Append(append::AppendGenerator::new(true)),
             WorkloadName::Set => Generator::Set(set::SetGenerator::default()),
+            WorkloadName::LockSet => Generator::Lock(lock::LockGenerator::new(false)),
+            WorkloadName::LockFencedSet => Generator::Lock(lock::LockGenerator::new(true)),
             WorkloadName::Watch => Generator::Watch(watch::WatchGenerator::default()),
         }
     }
@@ -129,6 +138,7 @@ impl Generator {
             Generator::Register(_) => register::execute(client, invocation).await,
             Generator::Append(g) => append::execute(client, invocation, g.registers()).await,
             Generator::Set(_) => set::execute(client, invocation).await,
+            Generator::Lock(g) => g.execute(client, invocation).await,
             Generator::Watch(_) => watch::execute(client, invocation).await,
         }
     }
@@ -138,7 +148,7 @@ impl Generator {
     pub fn final_reads(&self) -> Vec<Invocation> {
         match self {
             Generator::Register(g) => g.final_reads(),
-            Generator::Set(_) => vec![Invocation {
+            Generator::Set(_) | Generator::Lock(_) => vec![Invocation {
                 f: "read",
                 value: Value::Null,
             }],
@@ -151,6 +161,7 @@ impl Generator {
             Generator::Register(g) => g.next(rng),
             Generator::Append(g) => g.next(rng),
             Generator::Set(g) => g.next(rng),
+            Generator::Lock(g) => g.next(rng),
             Generator::Watch(g) => g.next(rng),
         }
     }
