@@ -47,6 +47,10 @@ pub fn classify_write_error(error: &etcd_client::Error) -> OpType {
     }
 }
 
+/// OutOfRange, FailedPrecondition and ResourceExhausted count as definite
+/// because neither etcd nor Ballast answers them after a write was proposed:
+/// they come from checks made before Raft (compacted revisions, limits,
+/// `too many requests`). `unhealthy cluster` is refused before proposing too.
 fn classify_status(code: Code, message: &str) -> OpType {
     match code {
         Code::NotFound
@@ -57,8 +61,7 @@ fn classify_status(code: Code, message: &str) -> OpType {
         | Code::Unauthenticated
         | Code::ResourceExhausted => OpType::Fail,
         Code::Unknown if message.contains("raft: stopped") => OpType::Fail,
-        Code::Unknown if message.contains("unhealthy cluster") => OpType::Fail,
-        Code::Unavailable if message.contains("etcdserver: too many requests") => OpType::Fail,
+        Code::Unavailable if message.contains("etcdserver: unhealthy cluster") => OpType::Fail,
         _ => OpType::Info,
     }
 }
@@ -141,7 +144,11 @@ mod tests {
             OpType::Fail
         );
         assert_eq!(
-            classify_status(Code::Unavailable, "etcdserver: too many requests"),
+            classify_status(Code::ResourceExhausted, "etcdserver: too many requests"),
+            OpType::Fail
+        );
+        assert_eq!(
+            classify_status(Code::Unavailable, "etcdserver: unhealthy cluster"),
             OpType::Fail
         );
         assert_eq!(

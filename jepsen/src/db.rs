@@ -62,7 +62,13 @@ pub struct Cluster {
     /// Members currently in the cluster's membership (a removed member
     /// rejoins with the others as its `--initial-cluster`).
     initial_cluster: Vec<usize>,
+    crashes: Vec<String>,
 }
+
+/// Brackets, in a member's log, a start on deliberately damaged files:
+/// refusing to start there (even with a fatal log line) is correct.
+pub const EXPECTED_FAILURES_BEGIN: &str = "ballast-jepsen: starting on damaged files";
+pub const EXPECTED_FAILURES_END: &str = "ballast-jepsen: damaged start over";
 
 impl Cluster {
     pub fn new(sandbox: &Sandbox, options: ClusterOptions, run_dir: &Path) -> Cluster {
@@ -86,6 +92,7 @@ impl Cluster {
                 .collect(),
             members,
             initial_cluster: (1..=sandbox.members()).collect(),
+            crashes: Vec::new(),
         }
     }
 
@@ -148,6 +155,13 @@ impl Cluster {
         let status = member.child.as_mut()?.try_wait().ok()??;
         member.child = None;
         Some(status.to_string())
+    }
+
+    /// Members taken out of the membership and not added back.
+    pub fn removed_members(&self) -> Vec<usize> {
+        (1..=self.size())
+            .filter(|m| !self.initial_cluster.contains(m))
+            .collect()
     }
 
     pub fn set_membership(&mut self, members: Vec<usize>) {
@@ -246,19 +260,28 @@ impl Cluster {
         }
     }
 
-    /// Members whose process exited on its own (a crash): their names and
-    /// exit status. Reaps them.
+    /// Every member process that exited on its own (a crash) so far: name
+    /// and exit status. Reaps them, so that healing starts them again.
     pub fn exited(&mut self) -> Vec<String> {
-        let mut exited = Vec::new();
         for member in &mut self.members {
             if let Some(child) = &mut member.child
                 && let Ok(Some(status)) = child.try_wait()
             {
-                exited.push(format!("{} exited by itself: {status}", member.name));
+                self.crashes
+                    .push(format!("{} exited by itself: {status}", member.name));
                 member.child = None;
             }
         }
-        exited
+        self.crashes.clone()
+    }
+
+    /// Writes a line of the harness's own into a member's log: marks where
+    /// failures to start are expected (see `crash_lines`).
+    pub fn annotate_log(&self, index: usize, line: &str) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut log = open_log(&self.members[index - 1].log)?;
+        writeln!(log, "{line}")?;
+        Ok(())
     }
 
     /// Stops every member (resuming paused ones first so they can die).
@@ -296,7 +319,15 @@ pub fn crash_lines(logs: &[PathBuf]) -> Vec<String> {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let mut expected = false;
         for line in text.lines() {
+            if line == EXPECTED_FAILURES_BEGIN || line == EXPECTED_FAILURES_END {
+                expected = line == EXPECTED_FAILURES_BEGIN;
+                continue;
+            }
+            if expected {
+                continue;
+            }
             let crashed = line.contains("\"level\":\"fatal\"")
                 || line.contains("\"level\":\"panic\"")
                 || line.starts_with("panic:")
@@ -308,4 +339,33 @@ pub fn crash_lines(logs: &[PathBuf]) -> Vec<String> {
         }
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_lines_skip_only_starts_on_damaged_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("n2.log");
+        let text = [
+            "thread 'main' panicked at src/a.rs:1:1",
+            EXPECTED_FAILURES_BEGIN,
+            r#"{"level":"fatal","msg":"failed to read WAL"}"#,
+            EXPECTED_FAILURES_END,
+            r#"{"level":"info","msg":"ready"}"#,
+            r#"{"level":"panic","msg":"bad"}"#,
+        ]
+        .join("\n");
+        std::fs::write(&log, text).unwrap();
+        let lines = crash_lines(&[log]);
+        assert_eq!(
+            lines,
+            vec![
+                "n2: thread 'main' panicked at src/a.rs:1:1".to_string(),
+                r#"n2: {"level":"panic","msg":"bad"}"#.to_string(),
+            ]
+        );
+    }
 }

@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::client::{Recorder, connect, describe};
-use crate::db::{Cluster, Target};
+use crate::db::{Cluster, EXPECTED_FAILURES_BEGIN, EXPECTED_FAILURES_END, Target};
 use crate::history::{OpType, Process};
 use crate::sandbox::Sandbox;
 
@@ -186,8 +186,10 @@ impl Nemesis {
         let shape = match self.rng.random_range(0..5) {
             0 => "one",
             1 => "majority",
-            2 => "majorities-ring",
-            3 => "leader",
+            // A ring needs at least 4 nodes: with 3, every symmetric ring
+            // of majorities is the whole cluster.
+            2 if n >= 4 => "majorities-ring",
+            2 | 3 => "leader",
             _ => "bridge",
         };
         let components = |groups: &[Vec<usize>]| -> Vec<(usize, Vec<usize>)> {
@@ -202,10 +204,14 @@ impl Nemesis {
                 hears = components(&[nodes[..majority].to_vec(), nodes[majority..].to_vec()])
             }
             "majorities-ring" => {
-                // Each node hears a majority: itself and the next ones in a
-                // ring, so no two nodes hear the same majority.
+                // Each node hears a majority centred on itself in a ring, so
+                // no two nodes hear the same majority. Centred windows keep
+                // the relation symmetric, which TCP needs: a link works
+                // only if both ends hear each other.
                 for (i, &m) in nodes.iter().enumerate() {
-                    let view = (0..majority).map(|k| nodes[(i + k) % n]).collect();
+                    let view = (0..majority)
+                        .map(|k| nodes[(i + n - majority / 2 + k) % n])
+                        .collect();
                     hears.push((m, view));
                 }
             }
@@ -389,6 +395,11 @@ impl Nemesis {
         drop(cluster);
         let damage = damage_one_file(&data_dir, &mut self.rng)
             .unwrap_or_else(|e| format!("nothing damaged ({e})"));
+        let _ = self
+            .cluster
+            .lock()
+            .expect("cluster")
+            .annotate_log(node, EXPECTED_FAILURES_BEGIN);
         let restarted = self.restart(&[node]);
         (
             format!("corrupt n{node}: {damage}; {restarted}"),
@@ -400,7 +411,12 @@ impl Nemesis {
     /// an operator would: removed, wiped, added back empty.
     async fn recover_corrupted(&mut self, node: usize) -> String {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let exited = self.cluster.lock().expect("cluster").has_exited(node);
+        let exited = {
+            let mut cluster = self.cluster.lock().expect("cluster");
+            let exited = cluster.has_exited(node);
+            let _ = cluster.annotate_log(node, EXPECTED_FAILURES_END);
+            exited
+        };
         let Some(status) = exited else {
             return format!("n{node} runs on its damaged files");
         };
@@ -436,10 +452,14 @@ impl Nemesis {
             return (format!("n{victim} is not a member"), None);
         };
         if let Err(e) = client.member_remove(id).await {
-            return (
-                format!("member remove n{victim} failed: {}", describe(&e)),
-                None,
-            );
+            // The answer may be lost while the removal was applied: the
+            // membership says which.
+            if self.is_member(victim).await != Some(false) {
+                return (
+                    format!("member remove n{victim} failed: {}", describe(&e)),
+                    None,
+                );
+            }
         }
         let mut cluster = self.cluster.lock().expect("cluster");
         let _ = tokio::task::block_in_place(|| cluster.kill(victim));
@@ -462,6 +482,8 @@ impl Nemesis {
             if let Some(mut client) = self.client_other_than(node).await {
                 match client.member_add([peer_url.as_str()], None).await {
                     Ok(_) => break,
+                    // An earlier attempt whose answer was lost was applied.
+                    Err(e) if describe(&e).contains("already exists") => break,
                     Err(e) if Instant::now() > deadline => {
                         return format!("member add n{node} failed: {}", describe(&e));
                     }
@@ -476,6 +498,19 @@ impl Nemesis {
             Ok(()) => format!("added n{node} back with an empty data dir"),
             Err(e) => format!("n{node} added but did not start: {e}"),
         }
+    }
+
+    /// Whether the cluster's membership lists the node's peer URL; None
+    /// when no member answers.
+    async fn is_member(&self, node: usize) -> Option<bool> {
+        let peer_url = self.cluster.lock().expect("cluster").peer_url(node);
+        let mut client = self.client_other_than(node).await?;
+        let list = client.member_list().await.ok()?;
+        Some(
+            list.members()
+                .iter()
+                .any(|m| m.peer_urls().contains(&peer_url)),
+        )
     }
 
     async fn compact(&mut self) {
@@ -544,8 +579,14 @@ impl Nemesis {
     pub async fn heal_all(&mut self) {
         self.log(OpType::Invoke, "heal", Value::Null);
         self.heal_network();
+        let removed = self.cluster.lock().expect("cluster").removed_members();
+        let mut readded = Vec::new();
+        for node in removed {
+            readded.push(self.add_member(node).await);
+        }
         let stopped: Vec<usize> = {
             let mut cluster = self.cluster.lock().expect("cluster");
+            cluster.exited();
             for m in self.members() {
                 if cluster.is_paused(m) {
                     let _ = cluster.resume(m);
@@ -556,11 +597,15 @@ impl Nemesis {
                 .filter(|&m| !cluster.is_running(m))
                 .collect()
         };
-        let description = if stopped.is_empty() {
+        let mut description = if stopped.is_empty() {
             "healed".to_string()
         } else {
             format!("healed; {}", self.restart(&stopped))
         };
+        for note in readded {
+            description.push_str("; ");
+            description.push_str(&note);
+        }
         self.log(OpType::Info, "heal", Value::String(description));
     }
 }

@@ -54,9 +54,7 @@ pub fn run(options: &TestOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&options.out)
         .with_context(|| format!("creating {}", options.out.display()))?;
     let tag = format!("{:x}{:04x}", std::process::id(), options.seed & 0xffff);
-    let sandbox = Arc::new(Sandbox::create(&tag, options.nodes).inspect_err(|_| {
-        let _ = sandbox::clean_all();
-    })?);
+    let sandbox = Arc::new(Sandbox::create(&tag, options.nodes)?);
     // The run lives on its own thread: it enters the sandbox before its
     // runtime starts, so every socket the run opens is inside it.
     let outcome = std::thread::scope(|scope| {
@@ -72,8 +70,10 @@ pub fn run(options: &TestOptions) -> anyhow::Result<()> {
             .join()
             .unwrap_or_else(|_| Err(anyhow::anyhow!("the run panicked")))
     });
-    sandbox.destroy()?;
-    outcome
+    // The run's own error matters more than a failed teardown.
+    let teardown = sandbox.destroy();
+    outcome?;
+    teardown
 }
 
 async fn execute(sandbox: Arc<Sandbox>, options: &TestOptions) -> anyhow::Result<()> {
@@ -102,6 +102,19 @@ async fn execute(sandbox: Arc<Sandbox>, options: &TestOptions) -> anyhow::Result
     let deadline = Instant::now() + options.time_limit;
     let compact_ceiling = Arc::new(AtomicI64::new(i64::MAX));
 
+    // Read before any worker starts: every put of the run must come after
+    // the first revision the watchers and the replay start from.
+    let watch_state = match options.workload {
+        WorkloadName::Watch => {
+            let first = current_revision(&urls[0]).await? + 1;
+            Some(Arc::new(WatchState::new(
+                first,
+                options.nodes,
+                Arc::clone(&compact_ceiling),
+            )))
+        }
+        _ => None,
+    };
     let mut workers = Vec::new();
     for index in 0..options.concurrency {
         let node = index % options.nodes + 1;
@@ -119,17 +132,6 @@ async fn execute(sandbox: Arc<Sandbox>, options: &TestOptions) -> anyhow::Result
         };
         workers.push(tokio::spawn(worker.run(deadline)));
     }
-    let watch_state = match options.workload {
-        WorkloadName::Watch => {
-            let first = current_revision(&urls[0]).await? + 1;
-            Some(Arc::new(WatchState::new(
-                first,
-                options.nodes,
-                Arc::clone(&compact_ceiling),
-            )))
-        }
-        _ => None,
-    };
     let mut recorders = Vec::new();
     let mut random_watchers = None;
     if let Some(state) = &watch_state {

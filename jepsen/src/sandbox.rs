@@ -30,13 +30,21 @@ impl Sandbox {
             name: format!("{NAMESPACE_PREFIX}{run_tag}"),
             members,
         };
+        sandbox.build().inspect_err(|_| {
+            let _ = sandbox.destroy();
+        })?;
+        Ok(sandbox)
+    }
+
+    fn build(&self) -> anyhow::Result<()> {
+        let sandbox = self;
         let bridge_address = format!("{}/24", host_address(HARNESS_HOST));
         run("ip", &["netns", "add", &sandbox.name])?;
         sandbox.ip(&["link", "set", "lo", "up"])?;
         sandbox.ip(&["link", "add", "br0", "type", "bridge"])?;
         sandbox.ip(&["link", "set", "br0", "up"])?;
         sandbox.ip(&["addr", "add", &bridge_address, "dev", "br0"])?;
-        for member in 1..=members {
+        for member in 1..=self.members {
             let namespace = sandbox.member_namespace(member);
             let veth = format!("v{member}");
             let address = format!("{}/24", sandbox.member_address(member));
@@ -52,7 +60,7 @@ impl Sandbox {
             run("ip", &["-n", &namespace, "link", "set", "eth0", "up"])?;
             run("ip", &["-n", &namespace, "link", "set", "lo", "up"])?;
         }
-        Ok(sandbox)
+        Ok(())
     }
 
     pub fn name(&self) -> &str {
@@ -121,16 +129,23 @@ impl Sandbox {
     }
 
     /// Deletes the member namespaces and the sandbox, killing anything left
-    /// in them.
+    /// in them; tries every one and reports the first failure.
     pub fn destroy(&self) -> anyhow::Result<()> {
         let mut names: Vec<String> = (1..=self.members)
             .map(|m| self.member_namespace(m))
             .collect();
         names.push(self.name.clone());
+        let listing = output("ip", &["netns", "list"]).unwrap_or_default();
+        let mut first_error = None;
         for name in names {
-            remove_namespace(&name)?;
+            let exists = listing
+                .lines()
+                .any(|line| line.split_whitespace().next() == Some(name.as_str()));
+            if exists && let Err(e) = remove_namespace(&name) {
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 }
 

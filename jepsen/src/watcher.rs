@@ -6,7 +6,8 @@
 //! healing, each member's whole event history is read again: the replay.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use etcd_client::{EventType, WatchOptions, WatchResponse};
@@ -23,6 +24,10 @@ use crate::workload::watch::KEY_PREFIX;
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 const RANDOM_WATCH_EVERY: Duration = Duration::from_secs(2);
 const FINISH_TIMEOUT: Duration = Duration::from_secs(60);
+/// A watch that hears nothing (not even an answer to its progress
+/// requests) this long is closed and resumed, so a stuck stream cannot
+/// hang the run.
+const IDLE_LIMIT: Duration = Duration::from_secs(10);
 
 fn prefix_end() -> String {
     let mut end = KEY_PREFIX.as_bytes().to_vec();
@@ -41,7 +46,8 @@ pub struct WatchState {
     pub compact_ceiling: Arc<AtomicI64>,
     /// Set once the final revision is known: recorders stop there.
     final_revision: AtomicI64,
-    stopping: AtomicBool,
+    /// When the watchers give up reaching the final revision.
+    finish_by: OnceLock<Instant>,
 }
 
 impl WatchState {
@@ -54,7 +60,7 @@ impl WatchState {
                 .collect(),
             compact_ceiling,
             final_revision: AtomicI64::new(i64::MAX),
-            stopping: AtomicBool::new(false),
+            finish_by: OnceLock::new(),
         }
     }
 
@@ -72,7 +78,15 @@ impl WatchState {
     /// Tells the watchers to finish once they reach `revision`.
     pub fn finish_at(&self, revision: i64) {
         self.final_revision.store(revision, Ordering::SeqCst);
-        self.stopping.store(true, Ordering::SeqCst);
+        let _ = self.finish_by.set(Instant::now() + FINISH_TIMEOUT);
+    }
+
+    /// Whether a watcher that confirmed `revision` is done: the run is
+    /// over and it reached the final revision, or ran out of time.
+    fn done_at(&self, revision: i64) -> bool {
+        self.finish_by.get().is_some_and(|&by| {
+            revision >= self.final_revision.load(Ordering::SeqCst) || Instant::now() > by
+        })
     }
 }
 
@@ -166,15 +180,20 @@ async fn watch_once(
         return (record, confirmed);
     };
     let mut ticker = tokio::time::interval(PROGRESS_EVERY);
+    let mut heard = Instant::now();
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                if stop(confirmed.unwrap_or(start - 1)) || stream.request_progress().await.is_err() {
+                if stop(confirmed.unwrap_or(start - 1))
+                    || heard.elapsed() > IDLE_LIMIT
+                    || stream.request_progress().await.is_err()
+                {
                     break;
                 }
             }
             message = tokio::time::timeout(crate::client::REQUEST_TIMEOUT, stream.message()) => {
                 let Ok(Ok(Some(response))) = message else { break };
+                heard = Instant::now();
                 if response.created() && response.events().is_empty() {
                     continue;
                 }
@@ -205,12 +224,8 @@ pub async fn record_member(
     let node = format!("n{}", member + 1);
     let mut next = state.first_revision;
     let mut watches = Vec::new();
-    let mut finish_deadline = None;
     loop {
-        let stop = |confirmed: i64| {
-            state.stopping.load(Ordering::SeqCst)
-                && confirmed >= state.final_revision.load(Ordering::SeqCst)
-        };
+        let stop = |confirmed: i64| state.done_at(confirmed);
         let plan = WatchPlan {
             url: &url,
             watcher: format!("{node}/recorder"),
@@ -232,14 +247,8 @@ pub async fn record_member(
         if got_anything {
             watches.push(watch);
         }
-        if state.stopping.load(Ordering::SeqCst) {
-            if next > state.final_revision.load(Ordering::SeqCst) {
-                break;
-            }
-            let give_up = *finish_deadline.get_or_insert_with(|| Instant::now() + FINISH_TIMEOUT);
-            if Instant::now() > give_up {
-                break;
-            }
+        if state.done_at(next - 1) {
+            break;
         }
         if !got_anything {
             tokio::time::sleep(Duration::from_millis(200)).await;
