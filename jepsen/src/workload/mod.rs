@@ -9,8 +9,13 @@
 //!   `[["append", k, v], ["r", k, [..]]]` and `[["w", k, v], ["r", k, v]]`.
 //! - set (`add`, `read`): the element; the elements read.
 //! - watch (`put`): `{"key","value"}`, completed with the revision.
+//! - lease (`grant`, `revoke`, `read`): `{"key","mode","ttl"}` completed
+//!   with `"lease"`, the granted `"ttl"` and the `"term"`;
+//!   `{"lease","key"}` completed with the `"term"`; `null` completed with
+//!   `{"keys","revision","term"}`.
 
 pub mod append;
+pub mod lease;
 pub mod register;
 pub mod set;
 pub mod watch;
@@ -19,6 +24,8 @@ use etcd_client::Client;
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 
+use crate::checker::lease::KeptLease;
+use crate::client::Recorder;
 use crate::history::OpType;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum, serde::Serialize)]
@@ -29,6 +36,7 @@ pub enum WorkloadName {
     Wr,
     Set,
     Watch,
+    Lease,
 }
 
 impl WorkloadName {
@@ -39,6 +47,7 @@ impl WorkloadName {
             WorkloadName::Wr => "wr",
             WorkloadName::Set => "set",
             WorkloadName::Watch => "watch",
+            WorkloadName::Lease => "lease",
         }
     }
 }
@@ -110,16 +119,20 @@ pub enum Generator {
     Append(append::AppendGenerator),
     Set(set::SetGenerator),
     Watch(watch::WatchGenerator),
+    Lease(lease::LeaseGenerator),
 }
 
 impl Generator {
-    pub fn new(workload: WorkloadName) -> Generator {
+    /// `urls` and `recorder` serve the work a workload does beside its
+    /// workers' operations (the lease workload's keep-alives).
+    pub fn new(workload: WorkloadName, urls: &[String], recorder: &Recorder) -> Generator {
         match workload {
             WorkloadName::Register => Generator::Register(register::RegisterGenerator::default()),
             WorkloadName::Append => Generator::Append(append::AppendGenerator::new(false)),
             WorkloadName::Wr => Generator::Append(append::AppendGenerator::new(true)),
             WorkloadName::Set => Generator::Set(set::SetGenerator::default()),
             WorkloadName::Watch => Generator::Watch(watch::WatchGenerator::default()),
+            WorkloadName::Lease => Generator::Lease(lease::LeaseGenerator::new(urls, recorder)),
         }
     }
 
@@ -130,6 +143,7 @@ impl Generator {
             Generator::Append(g) => append::execute(client, invocation, g.registers()).await,
             Generator::Set(_) => set::execute(client, invocation).await,
             Generator::Watch(_) => watch::execute(client, invocation).await,
+            Generator::Lease(g) => lease::execute(g, client, invocation).await,
         }
     }
 
@@ -138,7 +152,7 @@ impl Generator {
     pub fn final_reads(&self) -> Vec<Invocation> {
         match self {
             Generator::Register(g) => g.final_reads(),
-            Generator::Set(_) => vec![Invocation {
+            Generator::Set(_) | Generator::Lease(_) => vec![Invocation {
                 f: "read",
                 value: Value::Null,
             }],
@@ -152,6 +166,16 @@ impl Generator {
             Generator::Append(g) => g.next(rng),
             Generator::Set(g) => g.next(rng),
             Generator::Watch(g) => g.next(rng),
+            Generator::Lease(g) => g.next(rng),
+        }
+    }
+
+    /// Ends the work done beside the workers, before the final reads: the
+    /// lease workload's keep-alives, whose logs it returns.
+    pub async fn stop_keepalives(&self) -> Option<Vec<KeptLease>> {
+        match self {
+            Generator::Lease(g) => Some(g.stop_keepalives().await),
+            _ => None,
         }
     }
 }
