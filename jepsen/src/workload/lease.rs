@@ -216,7 +216,7 @@ impl Keeper {
             let answer = tokio::time::timeout(KEEPALIVE_TIMEOUT, self.renew(&mut stream)).await;
             let received = self.recorder.elapsed_ns();
             let (ttl, term, error) = match answer {
-                Ok(Ok(response)) => (response.ttl(), term(response.header()), None),
+                Ok(Ok((ttl, term))) => (ttl, term, None),
                 Ok(Err(e)) => (-1, 0, Some(describe(&e))),
                 Err(_) => (-1, 0, Some("timed out".to_string())),
             };
@@ -238,32 +238,40 @@ impl Keeper {
         }
     }
 
-    /// One keep-alive; opening the stream sends the first.
+    /// One keep-alive: the TTL answered and the answering member's term.
+    /// Opening the stream sends the first keep-alive, and the client keeps
+    /// its answer to itself: it fails if the lease is gone, and otherwise
+    /// the lease got its granted TTL again, in a term not told.
     async fn renew(
         &mut self,
         stream: &mut Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)>,
-    ) -> Result<etcd_client::LeaseKeepAliveResponse, etcd_client::Error> {
-        let responses = match stream {
-            Some((keeper, responses)) => {
-                keeper.keep_alive().await?;
-                responses
-            }
+    ) -> Result<(i64, u64), etcd_client::Error> {
+        if let Some((keeper, responses)) = stream {
+            keeper.keep_alive().await?;
+            let response = responses.message().await?.ok_or_else(|| {
+                etcd_client::Error::LeaseKeepAliveError("keep-alive stream closed".into())
+            })?;
+            return Ok((response.ttl(), term(response.header())));
+        }
+        let client = match &mut self.client {
+            Some(client) => client,
             None => {
-                let client = match &mut self.client {
-                    Some(client) => client,
-                    None => {
-                        let url = &self.urls[self.next_member % self.urls.len()];
-                        self.next_member += 1;
-                        self.client.insert(connect(url).await?)
-                    }
-                };
-                &mut stream
-                    .insert(client.lease_keep_alive(self.log.lease).await?)
-                    .1
+                let url = &self.urls[self.next_member % self.urls.len()];
+                self.next_member += 1;
+                self.client.insert(connect(url).await?)
             }
         };
-        responses.message().await?.ok_or_else(|| {
-            etcd_client::Error::LeaseKeepAliveError("keep-alive stream closed".into())
-        })
+        match client.lease_keep_alive(self.log.lease).await {
+            Ok(opened) => {
+                *stream = Some(opened);
+                Ok((self.log.ttl, 0))
+            }
+            Err(etcd_client::Error::LeaseKeepAliveError(message))
+                if message == "lease not found" =>
+            {
+                Ok((0, 0))
+            }
+            Err(e) => Err(e),
+        }
     }
 }
