@@ -207,7 +207,9 @@ impl Keeper {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = self.stop.changed() => {}
+                changed = self.stop.changed() => if changed.is_err() {
+                    return self.log;
+                }
             }
             if *self.stop.borrow() {
                 return self.log;
