@@ -9,10 +9,10 @@ use serde_json::json;
 
 use std::collections::HashSet;
 
-use crate::checker::{Anomaly, CheckResult, Verdict, elle, linear, set_full, watch};
+use crate::checker::{Anomaly, CheckResult, Verdict, elle, lease, linear, set_full, watch};
 use crate::history::{self, Op, OpType};
 use crate::results::{self, MemberState, OpCounts, RunConfig, RunResults};
-use crate::runner::{MEMBERS_FILE, WatchRecord};
+use crate::runner::{LEASES_FILE, MEMBERS_FILE, WatchRecord};
 
 pub fn check_dir(dir: &Path) -> anyhow::Result<RunResults> {
     let config: RunConfig = results::read_json(&dir.join(results::CONFIG_FILE))?;
@@ -28,6 +28,10 @@ pub fn check_dir(dir: &Path) -> anyhow::Result<RunResults> {
                 .max()
                 .unwrap_or(0);
             watch_checks(&history, &record, compacted.max(0))
+        }
+        "lease" => {
+            let kept: Vec<lease::KeptLease> = results::read_json(&dir.join(LEASES_FILE))?;
+            vec![lease::check_leases(&history, &kept)]
         }
         _ => vec![workload_check(&config.workload, &history)],
     };

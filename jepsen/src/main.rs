@@ -78,7 +78,7 @@ struct TestAllArgs {
 /// The matrix: every workload that must pass on a correct store, every
 /// nemesis, and all of them at once. (`lock-set` is left out: it is
 /// expected to fail everywhere.)
-const MATRIX: [(WorkloadName, &[NemesisName]); 8] = [
+const MATRIX: [(WorkloadName, &[NemesisName]); 9] = [
     (
         WorkloadName::Register,
         &[NemesisName::Partition, NemesisName::Kill],

@@ -495,7 +495,7 @@ impl Nemesis {
         let mut cluster = self.cluster.lock().expect("cluster");
         cluster.set_membership(self.members());
         match tokio::task::block_in_place(|| cluster.restart(node)) {
-            Ok(()) => format!("added n{node} back with an empty data dir"),
+            Ok(()) => format!("added n{node} back and restarted it with an empty data dir"),
             Err(e) => format!("n{node} added but did not start: {e}"),
         }
     }

@@ -24,6 +24,8 @@ use crate::watcher::{self, WatchState};
 use crate::workload::{Completion, Generator, Invocation, WorkloadName};
 
 pub const MEMBERS_FILE: &str = "members.json";
+/// The lease workload's keep-alive logs (`crate::checker::lease::KeptLease`).
+pub const LEASES_FILE: &str = "leases.json";
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const FINAL_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -98,7 +100,7 @@ async fn execute(sandbox: Arc<Sandbox>, options: &TestOptions) -> anyhow::Result
         .map_or(0, |d| d.as_secs());
 
     let recorder = Recorder::new();
-    let generator = Arc::new(Generator::new(options.workload));
+    let generator = Arc::new(Generator::new(options.workload, &urls, &recorder));
     let deadline = Instant::now() + options.time_limit;
     let compact_ceiling = Arc::new(AtomicI64::new(i64::MAX));
 
@@ -166,6 +168,9 @@ async fn execute(sandbox: Arc<Sandbox>, options: &TestOptions) -> anyhow::Result
     }
     nemesis.await?;
     tokio::time::sleep(options.recovery).await;
+    if let Some(kept) = generator.stop_keepalives().await {
+        results::write_json(&options.out.join(LEASES_FILE), &kept)?;
+    }
 
     let reads = generator.final_reads();
     final_reads(&generator, &reads, &urls, &recorder, options.concurrency).await;

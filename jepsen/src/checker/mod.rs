@@ -2,6 +2,7 @@
 //! and gives a verdict with every anomaly explained.
 
 pub mod elle;
+pub mod lease;
 pub mod linear;
 pub mod set_full;
 pub mod watch;

@@ -10,8 +10,13 @@
 //! - set, lock-set and lock-fenced-set (`add`, `read`): the element; the
 //!   elements read.
 //! - watch (`put`): `{"key","value"}`, completed with the revision.
+//! - lease (`grant`, `revoke`, `read`): `{"key","mode","ttl"}` completed
+//!   with `"lease"`, the granted `"ttl"` and the `"term"`;
+//!   `{"lease","key"}` completed with the `"term"`; `null` completed with
+//!   `{"keys","revision","term"}`.
 
 pub mod append;
+pub mod lease;
 pub mod lock;
 pub mod register;
 pub mod set;
@@ -21,6 +26,8 @@ use etcd_client::Client;
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 
+use crate::checker::lease::KeptLease;
+use crate::client::Recorder;
 use crate::history::OpType;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum, serde::Serialize)]
@@ -33,6 +40,7 @@ pub enum WorkloadName {
     LockSet,
     LockFencedSet,
     Watch,
+    Lease,
 }
 
 impl WorkloadName {
@@ -45,6 +53,7 @@ impl WorkloadName {
             WorkloadName::LockSet => "lock-set",
             WorkloadName::LockFencedSet => "lock-fenced-set",
             WorkloadName::Watch => "watch",
+            WorkloadName::Lease => "lease",
         }
     }
 }
@@ -117,10 +126,13 @@ pub enum Generator {
     Set(set::SetGenerator),
     Lock(lock::LockGenerator),
     Watch(watch::WatchGenerator),
+    Lease(lease::LeaseGenerator),
 }
 
 impl Generator {
-    pub fn new(workload: WorkloadName) -> Generator {
+    /// `urls` and `recorder` serve the work a workload does beside its
+    /// workers' operations (the lease workload's keep-alives).
+    pub fn new(workload: WorkloadName, urls: &[String], recorder: &Recorder) -> Generator {
         match workload {
             WorkloadName::Register => Generator::Register(register::RegisterGenerator::default()),
             WorkloadName::Append => Generator::Append(append::AppendGenerator::new(false)),
@@ -129,6 +141,7 @@ impl Generator {
             WorkloadName::LockSet => Generator::Lock(lock::LockGenerator::new(false)),
             WorkloadName::LockFencedSet => Generator::Lock(lock::LockGenerator::new(true)),
             WorkloadName::Watch => Generator::Watch(watch::WatchGenerator::default()),
+            WorkloadName::Lease => Generator::Lease(lease::LeaseGenerator::new(urls, recorder)),
         }
     }
 
@@ -140,6 +153,7 @@ impl Generator {
             Generator::Set(_) => set::execute(client, invocation).await,
             Generator::Lock(g) => g.execute(client, invocation).await,
             Generator::Watch(_) => watch::execute(client, invocation).await,
+            Generator::Lease(g) => lease::execute(g, client, invocation).await,
         }
     }
 
@@ -148,7 +162,7 @@ impl Generator {
     pub fn final_reads(&self) -> Vec<Invocation> {
         match self {
             Generator::Register(g) => g.final_reads(),
-            Generator::Set(_) | Generator::Lock(_) => vec![Invocation {
+            Generator::Set(_) | Generator::Lock(_) | Generator::Lease(_) => vec![Invocation {
                 f: "read",
                 value: Value::Null,
             }],
@@ -163,6 +177,16 @@ impl Generator {
             Generator::Set(g) => g.next(rng),
             Generator::Lock(g) => g.next(rng),
             Generator::Watch(g) => g.next(rng),
+            Generator::Lease(g) => g.next(rng),
+        }
+    }
+
+    /// Ends the work done beside the workers, before the final reads: the
+    /// lease workload's keep-alives, whose logs it returns.
+    pub async fn stop_keepalives(&self) -> Option<Vec<KeptLease>> {
+        match self {
+            Generator::Lease(g) => Some(g.stop_keepalives().await),
+            _ => None,
         }
     }
 }
