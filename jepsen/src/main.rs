@@ -105,6 +105,10 @@ const MATRIX: [(WorkloadName, &[NemesisName]); 9] = [
         &[NemesisName::Partition, NemesisName::Pause],
     ),
     (
+        WorkloadName::Lease,
+        &[NemesisName::Pause, NemesisName::Partition],
+    ),
+    (
         WorkloadName::Append,
         &[
             NemesisName::Partition,
