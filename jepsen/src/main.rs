@@ -30,6 +30,9 @@ enum Command {
     /// Runs a matrix of workloads and nemeses against each target in turn,
     /// then writes compare.html and summary.md side by side.
     TestAll(TestAllArgs),
+    /// Rewrites a test-all directory's summary.md and comparisons from its
+    /// runs.
+    ReportMatrix { dir: PathBuf },
     /// Checks a run directory again (or, with --format porcupine-etcd, one
     /// of porcupine's Jepsen etcd logs) and rewrites its report.
     Check {
@@ -181,6 +184,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test(&args),
         Command::TestAll(args) => test_all(&args),
         Command::Check { path, format } => check_path(&path, format),
+        Command::ReportMatrix { dir } => report_matrix(&dir),
         Command::Report { dir } => report::write_index(&dir).map(|path| {
             eprintln!("ballast-jepsen: wrote {}", path.display());
             Verdict::Valid
@@ -279,8 +283,7 @@ fn test_all(args: &TestAllArgs) -> anyhow::Result<Verdict> {
         };
         let mut target_dirs = Vec::new();
         for (workload, nemeses) in MATRIX {
-            let names: Vec<&str> = nemeses.iter().map(|n| n.name()).collect();
-            let name = format!("{}-{}-{}", target.name(), workload.name(), names.join("+"));
+            let name = run_name(target, workload, nemeses);
             let out = args.out.join(&name);
             let test_args = TestArgs {
                 target,
@@ -308,34 +311,62 @@ fn test_all(args: &TestAllArgs) -> anyhow::Result<Verdict> {
         }
         dirs.push(target_dirs);
     }
+    write_matrix_reports(&args.out, &dirs)?;
+    eprintln!("ballast-jepsen: matrix in {}", args.out.display());
+    Ok(verdict)
+}
+
+/// summary.md for every run, and when there are two targets, compare.html
+/// with a row per pair and a compare-<run>.html per pair.
+fn write_matrix_reports(out: &Path, dirs: &[Vec<PathBuf>]) -> anyhow::Result<()> {
     let finished: Vec<PathBuf> = dirs
         .iter()
         .flatten()
         .filter(|d| d.join("results.json").exists())
         .cloned()
         .collect();
-    std::fs::write(
-        args.out.join("summary.md"),
-        report::summary_markdown(&finished)?,
-    )?;
-    if let [first, second] = dirs.as_slice() {
+    std::fs::write(out.join("summary.md"), report::summary_markdown(&finished)?)?;
+    if let [first, second] = dirs {
         let pairs: Vec<(PathBuf, PathBuf)> = first
             .iter()
             .cloned()
             .zip(second.iter().cloned())
             .filter(|(a, b)| a.join("results.json").exists() && b.join("results.json").exists())
             .collect();
-        report::write_compare_many(&pairs, &args.out.join("compare.html"))?;
+        report::write_compare_many(&pairs, &out.join("compare.html"))?;
         for (a, b) in &pairs {
             let name = b.file_name().map(|n| n.to_string_lossy().into_owned());
-            let out = args
-                .out
-                .join(format!("compare-{}.html", name.unwrap_or_default()));
-            report::write_compare(a, b, &out)?;
+            let page = out.join(format!("compare-{}.html", name.unwrap_or_default()));
+            report::write_compare(a, b, &page)?;
         }
     }
-    eprintln!("ballast-jepsen: matrix in {}", args.out.display());
-    Ok(verdict)
+    Ok(())
+}
+
+/// Rewrites a matrix's summary and comparisons from the run directories in
+/// it (after `check` of some of them, or a rerun of one).
+fn report_matrix(dir: &Path) -> anyhow::Result<Verdict> {
+    let targets = [Target::Ballast, Target::Etcd];
+    let dirs: Vec<Vec<PathBuf>> = targets
+        .iter()
+        .map(|target| {
+            MATRIX
+                .iter()
+                .map(|(workload, nemeses)| dir.join(run_name(*target, *workload, nemeses)))
+                .collect()
+        })
+        .collect();
+    write_matrix_reports(dir, &dirs)?;
+    eprintln!(
+        "ballast-jepsen: rewrote the matrix reports in {}",
+        dir.display()
+    );
+    Ok(Verdict::Valid)
+}
+
+fn run_name(target: Target, workload: WorkloadName, nemeses: &[NemesisName]) -> String {
+    let names: Vec<&str> = nemeses.iter().map(|n| n.name()).collect();
+    format!("{}-{}-{}", target.name(), workload.name(), names.join("+"))
 }
 
 fn check_path(path: &Path, format: CheckFormat) -> anyhow::Result<Verdict> {

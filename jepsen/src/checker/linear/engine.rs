@@ -3,12 +3,20 @@
 //!
 //! A partition's calls and returns are sorted by time into a doubly linked
 //! list (a call before a return at equal times, so intervals are closed).
-//! The search walks the list: a call whose operation the model accepts from
-//! the current state is linearized (taken out of the list with its return)
-//! and the walk restarts from the front; reaching a return whose operation
-//! is not linearized yet means the current choice is a dead end, so the last
-//! linearized operation is put back and the walk resumes after it. A
-//! (linearized set, state) pair already explored is never explored twice.
+//! The candidates for the next place in the linearization are the
+//! operations whose calls come before the first return still in the list.
+//! The search places the first candidate the model accepts (taking it out
+//! of the list with its return) and starts over; when no candidate fits,
+//! the last placed operation is put back and the next candidate after it is
+//! tried. A (linearized set, state) pair already explored is never explored
+//! twice.
+//!
+//! Indeterminate operations (which may have happened or not) are where
+//! searches explode, so three rules keep them in check, each keeping a
+//! linearization if one exists: they are tried after the operations that
+//! must be placed; one that would change nothing is never placed; and
+//! interchangeable ones (same input, same unknown output) are placed only
+//! in call order.
 
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
@@ -19,8 +27,8 @@ use std::time::Instant;
 /// A sequential specification of the object under test.
 pub trait Model: Sync {
     type State: Clone + Eq + Hash + Send;
-    type Input: Sync;
-    type Output: Sync;
+    type Input: Sync + PartialEq;
+    type Output: Sync + PartialEq;
 
     fn init(&self) -> Self::State;
 
@@ -132,13 +140,17 @@ pub fn check_partition<M: Model>(
     deadline: Option<Instant>,
 ) -> PartitionReport<M::State> {
     let mut list = EntryList::new(ops);
+    let twins = earlier_twins(ops);
     let mut required = ops.iter().filter(|op| op.ret.is_some()).count();
     let mut linearized = Bitset::new(ops.len());
     let mut explored: HashSet<(Bitset, M::State)> = HashSet::new();
-    let mut stack: Vec<(usize, M::State)> = Vec::new();
+    // Each choice made: the operation, the state before it, and where in
+    // the candidates the search goes on if the choice fails.
+    let mut stack: Vec<(usize, M::State, usize)> = Vec::new();
     let mut longest: Vec<usize> = Vec::new();
     let mut state = model.init();
-    let mut node = list.next[HEAD];
+    let mut candidates = list.candidates(ops);
+    let mut next = 0;
     let mut iterations = 0u64;
     let report = |outcome, explored: &HashSet<_>| PartitionReport {
         outcome,
@@ -152,28 +164,37 @@ pub fn check_partition<M: Model>(
             return report(Outcome::TimedOut, &explored);
         }
         iterations += 1;
-        if node != END && list.is_call[node] {
-            let op = list.op_of[node];
-            if let Some(after) = model.step(&state, &ops[op].input, &ops[op].output) {
-                linearized.set(op);
-                if explored.insert((linearized.clone(), after.clone())) {
-                    stack.push((op, std::mem::replace(&mut state, after)));
-                    list.lift(op);
-                    if ops[op].ret.is_some() {
-                        required -= 1;
-                    }
-                    if stack.len() > longest.len() {
-                        longest = stack.iter().map(|(op, _)| *op).collect();
-                    }
-                    node = list.next[HEAD];
-                    continue;
-                }
-                linearized.clear(op);
+        if let Some(&op) = candidates.get(next) {
+            next += 1;
+            if twins[op].is_some_and(|twin| !linearized.get(twin)) {
+                continue;
             }
-            node = list.next[node];
+            let stepped = model.step(&state, &ops[op].input, &ops[op].output);
+            // An indeterminate operation that changes nothing (a compare
+            // that does not hold) need never be placed: leaving it out of a
+            // linearization leaves a linearization.
+            let pointless = ops[op].ret.is_none() && stepped.as_ref() == Some(&state);
+            let Some(after) = stepped.filter(|_| !pointless) else {
+                continue;
+            };
+            linearized.set(op);
+            if !explored.insert((linearized.clone(), after.clone())) {
+                linearized.clear(op);
+                continue;
+            }
+            stack.push((op, std::mem::replace(&mut state, after), next));
+            list.lift(op);
+            if ops[op].ret.is_some() {
+                required -= 1;
+            }
+            if stack.len() > longest.len() {
+                longest = stack.iter().map(|(op, _, _)| *op).collect();
+            }
+            candidates = list.candidates(ops);
+            next = 0;
         } else {
-            // A return whose operation is not linearized: undo the last choice.
-            let Some((op, before)) = stack.pop() else {
+            // Every candidate failed: undo the last choice and try the next.
+            let Some((op, before, resume)) = stack.pop() else {
                 let counterexample = counterexample(model, ops, &longest);
                 return report(Outcome::NotLinearizable(counterexample), &explored);
             };
@@ -183,9 +204,34 @@ pub fn check_partition<M: Model>(
                 required += 1;
             }
             state = before;
-            node = list.next[list.call_node[op]];
+            candidates = list.candidates(ops);
+            next = resume;
         }
     }
+}
+
+/// For each indeterminate operation, the indeterminate operation with the
+/// same input and output invoked just before it, if any. Such twins are
+/// interchangeable: both may take effect any time after their calls, or
+/// never, with the same effect. So a linearization that places a later twin
+/// first, or without the earlier, becomes one that places the earlier
+/// first by swapping them, and the search only tries twins in call order.
+/// Without this, n indeterminate writes of a handful of values make up to
+/// 2^n linearized sets that differ only in which twin was chosen.
+fn earlier_twins<I: PartialEq, O: PartialEq>(ops: &[Operation<I, O>]) -> Vec<Option<usize>> {
+    let mut indeterminate: Vec<usize> = (0..ops.len()).filter(|&i| ops[i].ret.is_none()).collect();
+    indeterminate.sort_by_key(|&i| (ops[i].call, i));
+    let mut twins = vec![None; ops.len()];
+    for (position, &op) in indeterminate.iter().enumerate() {
+        twins[op] = indeterminate[..position]
+            .iter()
+            .rev()
+            .find(|&&earlier| {
+                ops[earlier].input == ops[op].input && ops[earlier].output == ops[op].output
+            })
+            .copied();
+    }
+    twins
 }
 
 /// Replays the longest prefix and lists the operations that could follow
@@ -326,6 +372,27 @@ impl EntryList {
         }
     }
 
+    /// The operations that may be linearized next: those whose calls come
+    /// before the first return still in the list. Operations that must be
+    /// placed come first and indeterminate ones after, so the search tries
+    /// leaving indeterminate operations out before it tries putting them in.
+    fn candidates<I, O>(&self, ops: &[Operation<I, O>]) -> Vec<usize> {
+        let mut required = Vec::new();
+        let mut optional = Vec::new();
+        let mut node = self.next[HEAD];
+        while node != END && self.is_call[node] {
+            let op = self.op_of[node];
+            if ops[op].ret.is_some() {
+                required.push(op);
+            } else {
+                optional.push(op);
+            }
+            node = self.next[node];
+        }
+        required.extend(optional);
+        required
+    }
+
     fn lift(&mut self, op: usize) {
         self.unlink(self.call_node[op]);
         if let Some(ret) = self.return_node[op] {
@@ -356,6 +423,10 @@ impl Bitset {
 
     fn clear(&mut self, bit: usize) {
         self.0[bit / 64] &= !(1 << (bit % 64));
+    }
+
+    fn get(&self, bit: usize) -> bool {
+        self.0[bit / 64] & (1 << (bit % 64)) != 0
     }
 }
 
