@@ -136,36 +136,41 @@ mod tests {
 
     #[test]
     fn refusals_are_definite_and_lost_answers_are_not() {
-        assert_eq!(
-            classify_status(
+        let table = [
+            (
                 Code::OutOfRange,
-                "etcdserver: mvcc: required revision has been compacted"
+                "etcdserver: mvcc: required revision has been compacted",
+                OpType::Fail,
             ),
-            OpType::Fail
-        );
-        assert_eq!(
-            classify_status(Code::ResourceExhausted, "etcdserver: too many requests"),
-            OpType::Fail
-        );
-        assert_eq!(
-            classify_status(Code::Unavailable, "etcdserver: unhealthy cluster"),
-            OpType::Fail
-        );
-        assert_eq!(
-            classify_status(Code::Unavailable, "etcdserver: leader changed"),
-            OpType::Info
-        );
-        assert_eq!(
-            classify_status(Code::Unknown, "etcdserver: leader changed"),
-            OpType::Info
-        );
-        assert_eq!(
-            classify_status(Code::DeadlineExceeded, "etcdserver: request timed out"),
-            OpType::Info
-        );
-        assert_eq!(
-            classify_status(Code::Unknown, "raft: stopped"),
-            OpType::Fail
-        );
+            (
+                Code::ResourceExhausted,
+                "etcdserver: too many requests",
+                OpType::Fail,
+            ),
+            (
+                Code::Unavailable,
+                "etcdserver: unhealthy cluster",
+                OpType::Fail,
+            ),
+            (Code::Unknown, "raft: stopped", OpType::Fail),
+            (
+                Code::Unavailable,
+                "etcdserver: leader changed",
+                OpType::Info,
+            ),
+            (Code::Unknown, "etcdserver: leader changed", OpType::Info),
+            (
+                Code::DeadlineExceeded,
+                "etcdserver: request timed out",
+                OpType::Info,
+            ),
+        ];
+        for (code, message, expected) in table {
+            assert_eq!(
+                classify_status(code, message),
+                expected,
+                "{code:?} {message}"
+            );
+        }
     }
 }
