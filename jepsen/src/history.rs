@@ -15,6 +15,11 @@ use anyhow::Context;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
+/// The `f` of the nemesis's `info` op recorded each time it starts member
+/// processes again (its value: their names). Checkers whose rules depend on
+/// restarts (lease expiry) read it.
+pub const MEMBERS_STARTED: &str = "members-started";
+
 #[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum OpType {

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::client::{Recorder, connect, describe};
 use crate::db::{Cluster, EXPECTED_FAILURES_BEGIN, EXPECTED_FAILURES_END, Target};
-use crate::history::{OpType, Process};
+use crate::history::{MEMBERS_STARTED, OpType, Process};
 use crate::sandbox::Sandbox;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum, serde::Serialize)]
@@ -114,6 +114,14 @@ impl Nemesis {
     fn log(&self, kind: OpType, f: &str, value: Value) {
         self.recorder
             .record(kind, Process::Nemesis, f, value, None, None);
+    }
+
+    /// Records that member processes started again (see
+    /// [`MEMBERS_STARTED`]).
+    fn log_started(&self, nodes: &[usize]) {
+        if !nodes.is_empty() {
+            self.log(OpType::Info, MEMBERS_STARTED, Value::String(names(nodes)));
+        }
     }
 
     fn members(&self) -> Vec<usize> {
@@ -319,13 +327,17 @@ impl Nemesis {
     fn restart(&self, nodes: &[usize]) -> String {
         let mut cluster = self.cluster.lock().expect("cluster");
         let mut errors = Vec::new();
+        let mut started = Vec::new();
         for &n in nodes {
-            if !cluster.is_running(n)
-                && let Err(e) = tokio::task::block_in_place(|| cluster.restart(n))
-            {
-                errors.push(format!("n{n}: {e}"));
+            if cluster.is_running(n) {
+                continue;
+            }
+            match tokio::task::block_in_place(|| cluster.restart(n)) {
+                Ok(()) => started.push(n),
+                Err(e) => errors.push(format!("n{n}: {e}")),
             }
         }
+        self.log_started(&started);
         if errors.is_empty() {
             format!("restarted {}", names(nodes))
         } else {
@@ -495,7 +507,10 @@ impl Nemesis {
         let mut cluster = self.cluster.lock().expect("cluster");
         cluster.set_membership(self.members());
         match tokio::task::block_in_place(|| cluster.restart(node)) {
-            Ok(()) => format!("added n{node} back and restarted it with an empty data dir"),
+            Ok(()) => {
+                self.log_started(&[node]);
+                format!("added n{node} back and restarted it with an empty data dir")
+            }
             Err(e) => format!("n{node} added but did not start: {e}"),
         }
     }

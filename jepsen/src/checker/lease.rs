@@ -23,9 +23,8 @@
 //! first seen (in any answer: reads, grants, revokes, keep-alives), and
 //! after the last restart of a member before the read: a restarted leader
 //! may lead again in its old term (openraft takes up a committed vote of
-//! its own again), with its leases' TTLs restarted. The nemesis says
-//! "restarted" (or "restart failed") in every operation that starts a
-//! member again.
+//! its own again), with its leases' TTLs restarted. The nemesis records
+//! every start of a member as a [`MEMBERS_STARTED`] op.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -34,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, json};
 
 use super::{Anomaly, CheckResult, Verdict};
-use crate::history::{Op, OpType, pairs};
+use crate::history::{MEMBERS_STARTED, Op, OpType, pairs};
 
 /// One kept-alive lease and every keep-alive the harness sent for it.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
@@ -157,8 +156,7 @@ pub fn check_leases(history: &[Op], kept: &[KeptLease]) -> CheckResult {
     }
     let mut restarts: Vec<u64> = history
         .iter()
-        .filter(|op| !op.is_client() && op.kind == OpType::Info)
-        .filter(|op| op.value.as_str().is_some_and(|v| v.contains("restart")))
+        .filter(|op| !op.is_client() && op.kind == OpType::Info && op.f == MEMBERS_STARTED)
         .map(|op| op.time)
         .collect();
     restarts.sort_unstable();
@@ -580,8 +578,8 @@ mod tests {
             time: 9_000_000_000,
             kind: OpType::Info,
             process: Process::Nemesis,
-            f: "stop-kill".into(),
-            value: json!("restarted n1,n2,n3"),
+            f: MEMBERS_STARTED.into(),
+            value: json!("n1,n2,n3"),
             error: None,
             node: None,
         });
